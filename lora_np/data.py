@@ -1,0 +1,94 @@
+"""Data that ships with a package or is generated: nothing is downloaded.
+
+* Handwritten digits: scikit-learn's bundled 8x8 digits (1,797 images, 10 classes),
+  scaled to [0, 1].  The shifted task is the same digits rotated by a fixed angle.
+* Token tasks for the tiny transformer: "output the token ``lag`` positions back".
+  A model pretrained on one lag cannot do another until its attention is re-aimed,
+  which is what LoRA on q and v has to learn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import as_generator
+
+
+@dataclass
+class Split:
+    X_train: np.ndarray  # (n_train, 64) float32 in [0, 1]
+    y_train: np.ndarray  # (n_train,) int64 in [0, 10)
+    X_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load_digits_split(test_fraction=0.3, seed=0) -> Split:
+    """The bundled digits, shuffled with ``seed`` and split into train and test."""
+    from sklearn.datasets import load_digits
+
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+    digits = load_digits()
+    X = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_test = int(round(len(y) * test_fraction))
+    test, train = order[:n_test], order[n_test:]
+    return Split(X[train], y[train], X[test], y[test])
+
+
+def rotate_digits(X, degrees) -> np.ndarray:
+    """Rotate each 8x8 image (rows of X, shape (n, 64)) by ``degrees`` about its centre.
+
+    Bilinear interpolation; pixels that come from outside the image are 0 (background).
+    """
+    X = np.asarray(X)
+    if X.ndim != 2 or X.shape[1] != 64:
+        raise ValueError(f"rotate_digits expects images of shape (n, 64), got {X.shape}")
+    theta = np.deg2rad(degrees)
+    c, s = np.cos(theta), np.sin(theta)
+    rows, cols = np.mgrid[0:8, 0:8].astype(np.float64)
+    y0, x0 = rows - 3.5, cols - 3.5
+    # inverse map: where in the source image each output pixel comes from
+    src_r = c * y0 + s * x0 + 3.5
+    src_c = -s * y0 + c * x0 + 3.5
+    r0, c0 = np.floor(src_r).astype(int), np.floor(src_c).astype(int)
+    fr, fc = src_r - r0, src_c - c0
+    imgs = X.reshape(-1, 8, 8).astype(np.float64)
+    out = np.zeros_like(imgs)
+    for dr, dc, w in ((0, 0, (1 - fr) * (1 - fc)), (1, 0, fr * (1 - fc)), (0, 1, (1 - fr) * fc), (1, 1, fr * fc)):
+        rr, cc = r0 + dr, c0 + dc
+        inside = (rr >= 0) & (rr < 8) & (cc >= 0) & (cc < 8)
+        out += np.where(inside, imgs[:, rr.clip(0, 7), cc.clip(0, 7)], 0.0) * w
+    return out.reshape(-1, 64).astype(X.dtype)
+
+
+def lag_task(n, seq_len, vocab_size, lag, rng=None):
+    """Random token sequences whose target at position t is the token at t - ``lag``.
+
+    Returns ``idx`` (n, seq_len) int64 and ``targets`` (n, seq_len) int64, with target -1
+    (ignored by the loss) where t < lag.
+    """
+    if not 1 <= lag < seq_len:
+        raise ValueError(f"lag must lie in [1, seq_len={seq_len}), got {lag}")
+    rng = as_generator(rng)
+    idx = rng.integers(0, vocab_size, size=(n, seq_len))
+    targets = np.full_like(idx, -1)
+    targets[:, lag:] = idx[:, :-lag]
+    return idx, targets
+
+
+def batches(X, y, batch_size, rng=None):
+    """An endless stream of shuffled minibatches (x, y), reshuffled every epoch."""
+    if len(X) != len(y):
+        raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
+    rng = as_generator(rng)
+    n = len(X)
+    batch_size = min(int(batch_size), n)
+    while True:
+        order = rng.permutation(n)
+        for start in range(0, n - batch_size + 1, batch_size):
+            take = order[start : start + batch_size]
+            yield X[take], y[take]

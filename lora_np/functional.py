@@ -1,0 +1,330 @@
+"""The math, written once: forward/backward pairs with an explicit cache.
+
+Every op is a pair ``out, cache = op_forward(...)`` and ``grads = op_backward(dout, cache)``
+(the CS231n ``layers.py`` pattern).  ``grads`` is a dict keyed by the name of each input
+that has a gradient (``"dx"``, ``"dW"``, ...).  Arrays are NumPy or CuPy: each op asks its
+inputs for their array module ``xp`` and uses only functions both libraries provide.
+
+Dimension legend (llm.c style):
+    N   = any leading batch dimensions, flattened (``...`` in shapes below)
+    B   = batch, T = time (sequence length), C = channels (d_model)
+    H   = heads, D = C // H (head size)
+    V   = vocabulary size, K = number of classes
+    d_in, d_out = input / output features of a linear layer, r = LoRA rank
+
+Convention (row vectors, see STYLE.md):  y = x @ W + b + s * (x @ A) @ B
+    W (d_in, d_out), b (d_out,), A (d_in, r), B (r, d_out), s = alpha / r.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backend import get_array_module, scatter_add
+
+# ----------------------------------------------------------------------------------------
+# linear
+
+
+def linear_forward(x, W, b=None):
+    """y = x @ W + b.
+
+    x: (..., d_in), W: (d_in, d_out), b: (d_out,) or None  ->  y: (..., d_out)
+    """
+    out = x @ W  # [..., d_in] -> [..., d_out]
+    if b is not None:
+        out = out + b
+    return out, (x, W, b is not None)
+
+
+def linear_backward(dout, cache, need_dW=True):
+    """Gradients of y = x @ W + b.
+
+    dx = dout @ W.T, dW = x.T @ dout (over all leading dims), db = dout summed.
+    ``need_dW=False`` skips dW and db, for a frozen layer that only passes dx back.
+    """
+    x, W, has_bias = cache
+    grads = {"dx": dout @ W.T}  # [..., d_out] -> [..., d_in]
+    if need_dW:
+        x2 = x.reshape(-1, x.shape[-1])  # [N, d_in]
+        d2 = dout.reshape(-1, dout.shape[-1])  # [N, d_out]
+        grads["dW"] = x2.T @ d2  # [d_in, N] @ [N, d_out] -> [d_in, d_out]
+        if has_bias:
+            grads["db"] = d2.sum(axis=0)
+    return grads
+
+
+# ----------------------------------------------------------------------------------------
+# LoRA linear
+
+
+def lora_linear_forward(x, W, b, A, B, scaling, dropout_mask=None):
+    """y = x @ W + b + scaling * (drop(x) @ A) @ B, never forming A @ B.
+
+    x: (..., d_in), W: (d_in, d_out), b: (d_out,) or None, A: (d_in, r), B: (r, d_out),
+    scaling: Python float, dropout_mask: None or (..., d_in) inverted-dropout mask
+    applied to the adapter's input only (as PEFT does).   ->  y: (..., d_out)
+    """
+    base, base_cache = linear_forward(x, W, b)  # [..., d_in] -> [..., d_out]
+    xd = x if dropout_mask is None else x * dropout_mask
+    h = xd @ A  # [..., d_in] -> [..., r]
+    out = base + scaling * (h @ B)  # [..., r] -> [..., d_out]
+    return out, (base_cache, xd, h, A, B, scaling, dropout_mask)
+
+
+def lora_linear_backward(dout, cache, need_dW=False):
+    """Hand-derived gradients of the LoRA linear (forward run in reverse).
+
+    forward was:  xd = x * mask;  h = xd @ A;  y = x @ W + b + s * h @ B
+        dB = s * h.T @ dout           [r, N] @ [N, d_out]   -> [r, d_out]
+        dh = s * dout @ B.T           [N, d_out] @ [d_out, r] -> [N, r]
+        dA = xd.T @ dh                [d_in, N] @ [N, r]    -> [d_in, r]
+        dx = dout @ W.T + (dh @ A.T) * mask
+    W and b are frozen: no dW unless ``need_dW`` (then also db).
+    """
+    base_cache, xd, h, A, B, s, mask = cache
+    grads = linear_backward(dout, base_cache, need_dW=need_dW)
+    d2 = dout.reshape(-1, dout.shape[-1])  # [N, d_out]
+    h2 = h.reshape(-1, h.shape[-1])  # [N, r]
+    grads["dB"] = s * (h2.T @ d2)  # [r, d_out]
+    dh = s * (dout @ B.T)  # [..., d_out] -> [..., r]
+    grads["dA"] = xd.reshape(-1, xd.shape[-1]).T @ dh.reshape(-1, dh.shape[-1])  # [d_in, r]
+    dxd = dh @ A.T  # [..., r] -> [..., d_in]
+    grads["dx"] = grads["dx"] + (dxd if mask is None else dxd * mask)
+    return grads
+
+
+# ----------------------------------------------------------------------------------------
+# activations
+
+
+def relu_forward(x):
+    """y = max(x, 0), elementwise."""
+    out = x * (x > 0)
+    return out, x
+
+
+def relu_backward(dout, cache):
+    x = cache
+    return {"dx": dout * (x > 0)}
+
+
+_GELU_C = math.sqrt(2.0 / math.pi)
+
+
+def gelu_forward(x):
+    """GELU, tanh form (GPT-2): 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi).
+
+    The exact GELU needs erf, which neither NumPy nor CuPy has in its main namespace.
+    """
+    xp = get_array_module(x)
+    t = xp.tanh(_GELU_C * (x + 0.044715 * x**3))
+    out = 0.5 * x * (1.0 + t)
+    return out, (x, t)
+
+
+def gelu_backward(dout, cache):
+    """forward was: y = 0.5 x (1 + t), t = tanh(u), u = c (x + 0.044715 x^3)
+
+    dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
+    """
+    x, t = cache
+    dudx = _GELU_C * (1.0 + 3.0 * 0.044715 * x**2)
+    local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx
+    return {"dx": dout * local}
+
+
+# ----------------------------------------------------------------------------------------
+# softmax and layer norm
+
+
+def softmax_forward(x, axis=-1):
+    """Numerically stable softmax along ``axis``: exp(x - max) / sum."""
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    p = e / e.sum(axis=axis, keepdims=True)
+    return p, (p, axis)
+
+
+def softmax_backward(dout, cache):
+    """dx = p * (dout - sum(dout * p)) along the softmax axis (Jacobian-vector product)."""
+    p, axis = cache
+    return {"dx": p * (dout - (dout * p).sum(axis=axis, keepdims=True))}
+
+
+def layernorm_forward(x, gamma, beta, eps=1e-5):
+    """y = (x - mean) / sqrt(var + eps) * gamma + beta over the last axis.
+
+    x: (..., C), gamma: (C,), beta: (C,)  ->  y: (..., C)
+    """
+    xp = get_array_module(x)
+    mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
+    xc = x - mean
+    var = (xc * xc).mean(axis=-1, keepdims=True)  # [..., 1]
+    rstd = 1.0 / xp.sqrt(var + eps)
+    xhat = xc * rstd  # [..., C]
+    return xhat * gamma + beta, (xhat, rstd, gamma)
+
+
+def layernorm_backward(dout, cache):
+    """forward was: xhat = (x - mean) * rstd;  y = xhat * gamma + beta
+
+    dgamma = sum(dout * xhat), dbeta = sum(dout)   (over all leading dims)
+    dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dout * gamma
+    """
+    xhat, rstd, gamma = cache
+    C = xhat.shape[-1]
+    dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)
+    dbeta = dout.reshape(-1, C).sum(axis=0)
+    dxhat = dout * gamma
+    dx = rstd * (
+        dxhat
+        - dxhat.mean(axis=-1, keepdims=True)
+        - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
+    )
+    return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+
+
+# ----------------------------------------------------------------------------------------
+# causal multi-head self-attention (the part between the projections)
+
+
+def causal_attention_forward(q, k, v, n_head):
+    """Causal scaled dot-product attention over ``n_head`` heads.
+
+    q, k, v: (B, T, C) already projected (q = x @ Wq, ...)  ->  y: (B, T, C)
+    Position t attends to positions 0..t only.
+    """
+    xp = get_array_module(q)
+    Bn, T, C = q.shape
+    if C % n_head:
+        raise ValueError(f"channels C={C} must be divisible by n_head={n_head}")
+    D = C // n_head
+
+    def split(z):  # [B, T, C] -> [B, H, T, D]
+        return z.reshape(Bn, T, n_head, D).transpose(0, 2, 1, 3)
+
+    qh, kh, vh = split(q), split(k), split(v)
+    scale = 1.0 / math.sqrt(D)
+    att = (qh @ kh.transpose(0, 1, 3, 2)) * scale  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)  # True above the diagonal
+    att = xp.where(future, -xp.inf, att).astype(q.dtype, copy=False)
+    p, _ = softmax_forward(att)  # [B, H, T, T]; masked entries are exactly 0
+    yh = p @ vh  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    y = yh.transpose(0, 2, 1, 3).reshape(Bn, T, C)  # -> [B, T, C]
+    return y, (qh, kh, vh, p, scale)
+
+
+def causal_attention_backward(dout, cache):
+    """forward was: att = q k^T * scale (masked); p = softmax(att); y = p v
+
+        dv = p^T dy;  dp = dy v^T;  datt = p * (dp - sum(dp * p))   (0 where masked, as p is)
+        dq = datt k * scale;  dk = datt^T q * scale
+    """
+    qh, kh, vh, p, scale = cache
+    Bn, H, T, D = qh.shape
+
+    def merge(z):  # [B, H, T, D] -> [B, T, C]
+        return z.transpose(0, 2, 1, 3).reshape(Bn, T, H * D)
+
+    dyh = dout.reshape(Bn, T, H, D).transpose(0, 2, 1, 3)  # [B, H, T, D]
+    dv = p.transpose(0, 1, 3, 2) @ dyh  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    dp = dyh @ vh.transpose(0, 1, 3, 2)  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    datt = softmax_backward(dp, (p, -1))["dx"] * scale
+    dq = datt @ kh  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    dk = datt.transpose(0, 1, 3, 2) @ qh
+    return {"dq": merge(dq), "dk": merge(dk), "dv": merge(dv)}
+
+
+# ----------------------------------------------------------------------------------------
+# embedding and dropout
+
+
+def embedding_forward(idx, table):
+    """out = table[idx].  idx: integer (...), table: (V, C)  ->  out: (..., C)"""
+    return table[idx], (idx, table.shape)
+
+
+def embedding_backward(dout, cache):
+    """Scatter-add: each row of dout is added to the table row it was read from."""
+    idx, shape = cache
+    xp = get_array_module(dout)
+    dtable = xp.zeros(shape, dtype=dout.dtype)
+    scatter_add(dtable, idx.reshape(-1), dout.reshape(-1, shape[1]))
+    return {"dtable": dtable}
+
+
+def dropout_mask(shape, p, rng, dtype, xp=np):
+    """Inverted-dropout mask: 0 with probability p, else 1/(1-p); drawn on the host.
+
+    Drawing on the host with the NumPy Generator makes CPU and GPU runs identical.
+    """
+    keep = rng.random(shape) >= p
+    mask = keep.astype(dtype) * np.asarray(1.0 / (1.0 - p), dtype=dtype)
+    return xp.asarray(mask)
+
+
+def dropout_forward(x, mask):
+    """Inverted dropout: y = x * mask (mask from ``dropout_mask``); expectation unchanged."""
+    return x * mask, mask
+
+
+def dropout_backward(dout, cache):
+    return {"dx": dout * cache}
+
+
+# ----------------------------------------------------------------------------------------
+# losses (return a Python float and the gradient of that float)
+
+
+def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
+    """Mean cross-entropy of integer ``targets`` under softmax(``logits``).
+
+    logits: (..., K), targets: integer (...) with values in [0, K)  ->  loss: float
+    Targets equal to ``ignore_index`` (e.g. -1) contribute nothing; the mean is over the rest.
+    """
+    xp = get_array_module(logits)
+    K = logits.shape[-1]
+    z = logits.reshape(-1, K)  # [N, K]
+    t = targets.reshape(-1)  # [N]
+    keep = None if ignore_index is None else (t != ignore_index)
+    if keep is not None:
+        t = xp.where(keep, t, 0)
+    n = z.shape[0] if keep is None else int(keep.sum())
+    if n == 0:
+        raise ValueError("softmax_cross_entropy: every target is ignore_index, nothing to average")
+    zmax = z.max(axis=1, keepdims=True)
+    logsumexp = zmax[:, 0] + xp.log(xp.exp(z - zmax).sum(axis=1))
+    per_row = logsumexp - z[xp.arange(z.shape[0]), t]  # [N]
+    if keep is not None:
+        per_row = per_row * keep
+    loss = float(per_row.sum()) / n
+    return loss, (z, t, keep, n, logits.shape)
+
+
+def softmax_cross_entropy_backward(dout, cache):
+    """dlogits = dout * (softmax(z) - onehot(t)) / n, zero on ignored rows.
+
+    ``dout`` is d(final)/d(loss), a float (1.0 when the loss is the objective).
+    """
+    z, t, keep, n, shape = cache
+    xp = get_array_module(z)
+    p, _ = softmax_forward(z)
+    p[xp.arange(z.shape[0]), t] -= 1.0
+    if keep is not None:
+        p *= keep[:, None]
+    return {"dlogits": (p * (float(dout) / n)).reshape(shape)}
+
+
+def mse_forward(pred, target):
+    """Mean squared error, mean over every element.  ->  loss: float"""
+    diff = pred - target
+    return float((diff * diff).mean()), diff
+
+
+def mse_backward(dout, cache):
+    """dpred = dout * 2 (pred - target) / size."""
+    diff = cache
+    return {"dpred": diff * (2.0 * float(dout) / diff.size)}

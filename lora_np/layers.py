@@ -1,0 +1,446 @@
+"""Thin stateful modules over ``functional``: parameters, gradients, forward, backward.
+
+Each module keeps its arrays in ``params`` and the gradients of the last backward in
+``grads`` under the same keys (the numpy-ml pattern).  A key listed in ``frozen`` is not
+trained: its gradient is not computed, but the module still passes ``dx`` back.
+No formula lives here; the math is in ``functional.py``.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import functional as F
+from .backend import as_generator, device_of, get_xp, resolve_device
+from .lowrank import check_positive_int, check_positive_number, scaling as scaling_rule
+
+
+def check_dtype(dtype):
+    """A floating NumPy dtype, or a clear error."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype must be a floating-point dtype such as np.float32, got {dtype!r}") from err
+    if not np.issubdtype(dt, np.floating):
+        raise TypeError(f"dtype must be a floating-point dtype such as np.float32, got {dt}")
+    return dt
+
+
+class Module:
+    """Base class: named parameters and gradients, child modules, freezing, train/eval.
+
+    Child modules are found among the attributes (a module, or a list of modules), so a
+    model's parameters have dotted names such as ``blocks.0.attn.q.W``.
+    """
+
+    def __init__(self):
+        self.params: dict = {}
+        self.grads: dict = {}
+        self.frozen: set = set()
+        self.training = True
+        self._cache = None
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    # --- tree of modules -----------------------------------------------------------
+    def children(self):
+        """(name, module) for each direct child, in definition order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, Module):
+                        yield f"{name}.{i}", item
+
+    def named_modules(self, prefix=""):
+        """(dotted name, module) for this module and every descendant."""
+        yield prefix, self
+        for name, child in self.children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def get_submodule(self, name: str) -> "Module":
+        for n, m in self.named_modules():
+            if n == name:
+                return m
+        raise KeyError(f"no submodule named {name!r}; have {[n for n, _ in self.named_modules() if n]}")
+
+    def set_submodule(self, name: str, module: "Module") -> None:
+        """Replace the submodule at dotted ``name`` (e.g. ``blocks.0.attn.q``)."""
+        parent_name, _, last = name.rpartition(".")
+        parent = self.get_submodule(parent_name)
+        if last.isdigit() and parent_name:
+            # element of a list attribute: "layers.2" -> parent is the owner of "layers"
+            owner_name, _, list_name = parent_name.rpartition(".")
+            owner = self.get_submodule(owner_name)
+            getattr(owner, list_name)[int(last)] = module
+            return
+        if not isinstance(getattr(parent, last, None), Module):
+            raise KeyError(f"{name!r} is not a submodule")
+        setattr(parent, last, module)
+
+    def named_parameters(self, trainable_only=False):
+        """(dotted name, module, key) for every parameter; ``module.params[key]`` is the array."""
+        for mname, m in self.named_modules():
+            for key in m.params:
+                if trainable_only and key in m.frozen:
+                    continue
+                yield (f"{mname}.{key}" if mname else key), m, key
+
+    def num_parameters(self, trainable_only=False) -> int:
+        return sum(int(m.params[k].size) for _, m, k in self.named_parameters(trainable_only))
+
+    # --- training state ------------------------------------------------------------
+    def freeze(self, recurse=True):
+        """Mark every parameter (of this module and, by default, its children) frozen."""
+        for _, m in self.named_modules() if recurse else [("", self)]:
+            m.frozen |= set(m.params)
+        return self
+
+    def unfreeze(self, recurse=True):
+        for _, m in self.named_modules() if recurse else [("", self)]:
+            m.frozen = m._always_frozen()
+        return self
+
+    def _always_frozen(self) -> set:
+        """Keys that may never be trained (LoRALinear's base weight)."""
+        return set()
+
+    def train(self, mode=True):
+        for _, m in self.named_modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def zero_grad(self):
+        for _, m in self.named_modules():
+            m.grads = {}
+
+    # --- helpers for subclasses ----------------------------------------------------
+    def _pop_cache(self):
+        if self._cache is None:
+            raise RuntimeError(
+                f"{type(self).__name__}.backward() called before forward(): run forward on a batch first "
+                "(each forward is matched by at most one backward)"
+            )
+        cache, self._cache = self._cache, None
+        return cache
+
+    def _set_grads(self, grads: dict, mapping: dict):
+        """Copy ``grads['dW']`` etc. into ``self.grads['W']`` for the keys not frozen."""
+        for key, gkey in mapping.items():
+            if key not in self.frozen and gkey in grads:
+                self.grads[key] = grads[gkey]
+
+
+def _param(key):
+    return property(lambda self: self.params[key], lambda self, value: self.params.__setitem__(key, value))
+
+
+def _check_input(module, x, d, what="in_features"):
+    """The shared boundary check: an array on the module's device, last dim ``d``, its dtype."""
+    xp = get_xp(module.device)
+    if not isinstance(x, xp.ndarray):
+        raise TypeError(
+            f"{type(module).__name__} on device {module.device!r} expects a {xp.__name__} array, "
+            f"got {type(x).__module__}.{type(x).__name__}"
+        )
+    if x.ndim < 1 or x.shape[-1] != d:
+        raise ValueError(
+            f"{type(module).__name__} expects input of shape (..., {d}) ({what}={d}), got shape {tuple(x.shape)}"
+        )
+    if x.dtype != module.dtype:
+        raise TypeError(
+            f"{type(module).__name__} has dtype {module.dtype} but the input is {x.dtype}: "
+            f"cast it with x.astype({module.dtype.name}) (nothing is converted silently)"
+        )
+
+
+def _init_normal(rng, shape, std, dtype, device):
+    """Draw on the host with NumPy, cast, then move: identical start on CPU and GPU."""
+    values = rng.standard_normal(shape) * std
+    return get_xp(device).asarray(values.astype(dtype))
+
+
+class Linear(Module):
+    """y = x @ W + b, with W (in_features, out_features) initialised N(0, 1/in_features)."""
+
+    W = _param("W")
+
+    def __init__(self, in_features, out_features, *, bias=True, dtype=np.float32, rng=None, device="cpu"):
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.dtype = check_dtype(dtype)
+        self.device = resolve_device(device)
+        rng = as_generator(rng)
+        self.params["W"] = _init_normal(rng, (in_features, out_features), in_features**-0.5, self.dtype, self.device)
+        if bias:
+            self.params["b"] = get_xp(self.device).zeros(out_features, dtype=self.dtype)
+
+    @property
+    def b(self):
+        """The bias (out_features,), or None when the layer has none."""
+        return self.params.get("b")
+
+    def forward(self, x):
+        """x: (..., in_features) -> (..., out_features)"""
+        _check_input(self, x, self.in_features)
+        out, self._cache = F.linear_forward(x, self.W, self.b)
+        return out
+
+    def backward(self, dout):
+        """dout: (..., out_features) -> dx; fills grads['W'], grads['b'] unless frozen."""
+        cache = self._pop_cache()
+        grads = F.linear_backward(dout, cache, need_dW="W" not in self.frozen or "b" not in self.frozen)
+        self._set_grads(grads, {"W": "dW", "b": "db"})
+        return grads["dx"]
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}, bias={'b' in self.params}, dtype={self.dtype.name})"
+
+
+class LoRALinear(Module):
+    """A frozen linear layer plus a trainable low-rank update: y = x @ W + b + s * (x @ A) @ B.
+
+    A (in_features, r) starts Gaussian with std 1/sqrt(in_features): then h = x @ A has
+    entries of the same size as those of x, whatever in_features is, so B's first gradient
+    s * h.T @ dy has a size that does not depend on the layer width.  B (r, out_features)
+    starts at zero, so the layer starts exactly equal to the base layer (delta W = 0).
+    s = alpha / r, or alpha / sqrt(r) with ``use_rslora=True``.
+
+    Only A and B are trained: ``backward`` fills ``grads['A']`` and ``grads['B']`` and never
+    forms the (in_features, out_features) product A @ B; only ``merge`` and
+    ``delta_weight`` do.  Dropout, when on, applies to the adapter's input only.
+    """
+
+    W = _param("W")
+    A = _param("A")
+    B = _param("B")
+
+    def __init__(
+        self,
+        in_features,
+        out_features,
+        r,
+        alpha,
+        *,
+        bias=True,
+        use_rslora=False,
+        dropout=0.0,
+        dtype=np.float32,
+        rng=None,
+        device="cpu",
+        _base=None,
+    ):
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.r = check_positive_int(r, "r")
+        self.alpha = check_positive_number(alpha, "alpha")
+        if not isinstance(use_rslora, bool):
+            raise TypeError(f"use_rslora must be True or False, got {use_rslora!r}")
+        self.use_rslora = use_rslora
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+        self.dropout = float(dropout)
+        self.dtype = check_dtype(dtype)
+        self.device = resolve_device(device)
+        self.scaling = scaling_rule(self.alpha, self.r, "rslora" if use_rslora else "lora")
+        self.merged = False
+        self._rng = as_generator(rng)
+        xp = get_xp(self.device)
+        if _base is not None:  # from_linear: adopt copies of a pretrained W and b
+            self.params["W"] = _base[0].copy()
+            if _base[1] is not None:
+                self.params["b"] = _base[1].copy()
+        else:
+            self.params["W"] = _init_normal(self._rng, (in_features, out_features), in_features**-0.5, self.dtype, self.device)
+            if bias:
+                self.params["b"] = xp.zeros(out_features, dtype=self.dtype)
+        self.reset_lora_parameters()
+        self.frozen = self._always_frozen()
+
+    def _always_frozen(self):
+        return {"W", "b"} & set(self.params)
+
+    def reset_lora_parameters(self):
+        """A ~ N(0, 1/in_features), B = 0 (see the class docstring for why)."""
+        if self.merged:
+            raise RuntimeError("reset_lora_parameters() on a merged layer: call unmerge() first")
+        self.params["A"] = _init_normal(self._rng, (self.in_features, self.r), self.in_features**-0.5, self.dtype, self.device)
+        self.params["B"] = get_xp(self.device).zeros((self.r, self.out_features), dtype=self.dtype)
+
+    @classmethod
+    def from_linear(cls, linear: Linear, r, alpha, **kwargs) -> "LoRALinear":
+        """Wrap a (pretrained) ``Linear``: copies its W and b, adds A and B.  ``linear`` is not changed."""
+        if not isinstance(linear, Linear):
+            raise TypeError(f"from_linear expects a lora_np.Linear, got {type(linear).__name__}")
+        for key in ("dtype", "device", "bias", "_base"):
+            if key in kwargs:
+                raise TypeError(f"from_linear takes {key} from the wrapped layer; do not pass {key}=")
+        return cls(
+            linear.in_features, linear.out_features, r, alpha, bias=linear.b is not None,
+            dtype=linear.dtype, device=linear.device, _base=(linear.W, linear.b), **kwargs,
+        )
+
+    @property
+    def b(self):
+        return self.params.get("b")
+
+    # --- forward / backward ------------------------------------------------------
+    def forward(self, x):
+        """x: (..., in_features) -> (..., out_features)"""
+        _check_input(self, x, self.in_features)
+        if self.merged:
+            out, cache = F.linear_forward(x, self.W, self.b)
+            self._cache = ("merged", cache)
+            return out
+        mask = None
+        if self.training and self.dropout > 0.0:
+            mask = F.dropout_mask(x.shape, self.dropout, self._rng, self.dtype, get_xp(self.device))
+        out, cache = F.lora_linear_forward(x, self.W, self.b, self.A, self.B, self.scaling, mask)
+        self._cache = ("lora", cache)
+        return out
+
+    def backward(self, dout):
+        """dout: (..., out_features) -> dx; fills grads['A'] and grads['B'] (W, b stay frozen)."""
+        kind, cache = self._pop_cache()
+        if kind == "merged":
+            raise RuntimeError(
+                "backward() through a merged LoRALinear: the adapter is folded into W and cannot be "
+                "trained; call unmerge() before training"
+            )
+        grads = F.lora_linear_backward(dout, cache)
+        self._set_grads(grads, {"A": "dA", "B": "dB"})
+        return grads["dx"]
+
+    # --- merging -------------------------------------------------------------------
+    def delta_weight(self):
+        """scaling * A @ B, shape (in_features, out_features).  Forms the full product."""
+        return (self.A @ self.B) * self.scaling
+
+    def merge(self):
+        """Fold the update into W (W += s * A @ B) so inference costs one product."""
+        if self.merged:
+            raise RuntimeError("merge() called twice: the adapter is already merged into W")
+        self.params["W"] += self.delta_weight()
+        self.merged = True
+
+    def unmerge(self):
+        """Take the update out of W again (W -= s * A @ B)."""
+        if not self.merged:
+            raise RuntimeError("unmerge() called but the adapter is not merged")
+        self.params["W"] -= self.delta_weight()
+        self.merged = False
+
+    def __repr__(self):
+        rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
+        return (
+            f"LoRALinear({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, "
+            f"scaling={self.scaling:g} [{rule}], merged={self.merged}, dtype={self.dtype.name})"
+        )
+
+
+class LayerNorm(Module):
+    """Layer normalisation over the last axis, with gain ``gamma`` (ones) and bias ``beta`` (zeros)."""
+
+    def __init__(self, n_features, *, eps=1e-5, dtype=np.float32, device="cpu"):
+        super().__init__()
+        self.n_features = check_positive_int(n_features, "n_features")
+        self.eps = check_positive_number(eps, "eps")
+        self.dtype = check_dtype(dtype)
+        self.device = resolve_device(device)
+        xp = get_xp(self.device)
+        self.params["gamma"] = xp.ones(n_features, dtype=self.dtype)
+        self.params["beta"] = xp.zeros(n_features, dtype=self.dtype)
+
+    def forward(self, x):
+        _check_input(self, x, self.n_features, "n_features")
+        out, self._cache = F.layernorm_forward(x, self.params["gamma"], self.params["beta"], self.eps)
+        return out
+
+    def backward(self, dout):
+        grads = F.layernorm_backward(dout, self._pop_cache())
+        self._set_grads(grads, {"gamma": "dgamma", "beta": "dbeta"})
+        return grads["dx"]
+
+
+class Embedding(Module):
+    """A lookup table (num_embeddings, dim), initialised N(0, 1); backward is a scatter-add."""
+
+    def __init__(self, num_embeddings, dim, *, std=1.0, dtype=np.float32, rng=None, device="cpu"):
+        super().__init__()
+        self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
+        self.dim = check_positive_int(dim, "dim")
+        self.dtype = check_dtype(dtype)
+        self.device = resolve_device(device)
+        self.params["table"] = _init_normal(as_generator(rng), (num_embeddings, dim), float(std), self.dtype, self.device)
+
+    def forward(self, idx):
+        """idx: integer array (...) with values in [0, num_embeddings) -> (..., dim)"""
+        xp = get_xp(self.device)
+        if not isinstance(idx, xp.ndarray) or not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"Embedding expects an integer {xp.__name__} array of indices, got {getattr(idx, 'dtype', type(idx))}")
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
+            raise ValueError(
+                f"Embedding indices must lie in [0, {self.num_embeddings}), got min {int(idx.min())}, max {int(idx.max())}"
+            )
+        out, self._cache = F.embedding_forward(idx, self.params["table"])
+        return out
+
+    def backward(self, dout):
+        grads = F.embedding_backward(dout, self._pop_cache())
+        self._set_grads(grads, {"table": "dtable"})
+        return None  # integer indices have no gradient
+
+
+class _Elementwise(Module):
+    _fwd = _bwd = None
+
+    def forward(self, x):
+        out, self._cache = type(self)._fwd(x)
+        return out
+
+    def backward(self, dout):
+        return type(self)._bwd(dout, self._pop_cache())["dx"]
+
+
+class GELU(_Elementwise):
+    """GELU, tanh approximation (as in GPT-2)."""
+
+    _fwd = staticmethod(F.gelu_forward)
+    _bwd = staticmethod(F.gelu_backward)
+
+
+class ReLU(_Elementwise):
+    _fwd = staticmethod(F.relu_forward)
+    _bwd = staticmethod(F.relu_backward)
+
+
+class Dropout(Module):
+    """Inverted dropout: active in training mode only."""
+
+    def __init__(self, p=0.0, *, rng=None):
+        super().__init__()
+        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {p!r}")
+        self.p = float(p)
+        self._rng = as_generator(rng)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._cache = "identity"
+            return x
+        xp = get_xp(device_of(x))
+        out, self._cache = F.dropout_forward(x, F.dropout_mask(x.shape, self.p, self._rng, x.dtype, xp))
+        return out
+
+    def backward(self, dout):
+        cache = self._pop_cache()
+        return dout if isinstance(cache, str) else F.dropout_backward(dout, cache)["dx"]

@@ -1,0 +1,100 @@
+"""Put LoRA into a model: inject adapters, freeze the rest, count, merge.
+
+    model = TransformerLM(config, rng=0)
+    names = inject_lora(model, r=4, alpha=8)           # q and v of every block, as in the paper
+    print(summary(model))                              # what trains, and how much of the model it is
+    ... train ...
+    merge_all(model)                                   # inference at the base model's cost
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+from .backend import as_generator
+from .layers import Linear, LoRALinear, Module
+
+DEFAULT_TARGETS = ("q", "v")
+
+
+def _matches(name: str, target: str) -> bool:
+    """``"q"`` matches ``blocks.0.attn.q``; ``"blocks.*.mlp.*"`` matches by wildcard."""
+    return name == target or name.endswith("." + target) or fnmatch.fnmatchcase(name, target)
+
+
+def linear_names(model: Module) -> list:
+    """Dotted names of every plain ``Linear`` in the model (the candidates for LoRA)."""
+    return [n for n, m in model.named_modules() if isinstance(m, Linear)]
+
+
+def inject_lora(model: Module, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=False, dropout=0.0, rng=None, **kwargs):
+    """Replace each ``Linear`` whose name matches one of ``targets`` by a ``LoRALinear``
+    wrapping it, then freeze every parameter except the adapters' A and B.
+
+    targets: names (``"q"``, ``"v"``), dotted paths or wildcards (``"layers.*"``, ``"*"``).
+    Extra keyword arguments go to ``LoRALinear.from_linear``.  Returns the replaced names.
+    """
+    if isinstance(targets, str):
+        targets = (targets,)
+    targets = tuple(targets)
+    if not targets:
+        raise ValueError("targets is empty: name at least one layer to adapt, e.g. ('q', 'v')")
+    rng = as_generator(rng)
+    candidates = linear_names(model)
+    chosen = [n for n in candidates if any(_matches(n, t) for t in targets)]
+    unmatched = [t for t in targets if not any(_matches(n, t) for n in candidates)]
+    if unmatched:
+        raise ValueError(f"no Linear layer matches target(s) {unmatched}; the model's Linear layers are {candidates}")
+    for name in chosen:
+        layer = model.get_submodule(name)
+        model.set_submodule(
+            name, LoRALinear.from_linear(layer, r, alpha, use_rslora=use_rslora, dropout=dropout, rng=rng, **kwargs)
+        )
+    mark_only_lora_as_trainable(model)
+    return chosen
+
+
+def lora_layers(model: Module) -> list:
+    """(name, LoRALinear) for every adapter in the model."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def mark_only_lora_as_trainable(model: Module) -> None:
+    """Freeze every parameter, then unfreeze the adapters' own parameters."""
+    model.freeze()
+    for _, layer in lora_layers(model):
+        layer.unfreeze(recurse=False)
+
+
+def trainable_parameters(model: Module) -> list:
+    """(name, shape, count) for each trainable parameter."""
+    return [(n, tuple(m.params[k].shape), int(m.params[k].size)) for n, m, k in model.named_parameters(True)]
+
+
+def summary(model: Module) -> str:
+    """A table of the trainable parameters, with totals and their share of the model."""
+    rows = trainable_parameters(model)
+    total = model.num_parameters()
+    trainable = sum(c for _, _, c in rows)
+    width = max([len(n) for n, _, _ in rows] + [9])
+    lines = [f"{'parameter':<{width}}  {'shape':<14} {'count':>10}"]
+    lines += [f"{n:<{width}}  {str(s):<14} {c:>10,}" for n, s, c in rows]
+    share = 100.0 * trainable / total if total else 0.0
+    lines.append(f"trainable {trainable:,} of {total:,} parameters ({share:.2f}%)")
+    return "\n".join(lines)
+
+
+def merge_all(model: Module) -> int:
+    """Merge every unmerged adapter into its W; returns how many were merged."""
+    layers = [m for _, m in lora_layers(model) if not m.merged]
+    for m in layers:
+        m.merge()
+    return len(layers)
+
+
+def unmerge_all(model: Module) -> int:
+    """Take every merged adapter back out of its W; returns how many were unmerged."""
+    layers = [m for _, m in lora_layers(model) if m.merged]
+    for m in layers:
+        m.unmerge()
+    return len(layers)
