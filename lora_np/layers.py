@@ -69,18 +69,16 @@ class Module:
         raise KeyError(f"no submodule named {name!r}; have {[n for n, _ in self.named_modules() if n]}")
 
     def set_submodule(self, name: str, module: "Module") -> None:
-        """Replace the submodule at dotted ``name`` (e.g. ``blocks.0.attn.q``)."""
-        parent_name, _, last = name.rpartition(".")
-        parent = self.get_submodule(parent_name)
-        if last.isdigit() and parent_name:
-            # element of a list attribute: "layers.2" -> parent is the owner of "layers"
-            owner_name, _, list_name = parent_name.rpartition(".")
-            owner = self.get_submodule(owner_name)
-            getattr(owner, list_name)[int(last)] = module
-            return
-        if not isinstance(getattr(parent, last, None), Module):
-            raise KeyError(f"{name!r} is not a submodule")
-        setattr(parent, last, module)
+        """Replace the submodule at dotted ``name`` (``blocks.0.attn.q``, ``layers.2``)."""
+        self.get_submodule(name)  # a clear KeyError for a name that is not there
+        *path, last = name.split(".")
+        owner = self
+        for part in path:
+            owner = owner[int(part)] if isinstance(owner, (list, tuple)) else getattr(owner, part)
+        if isinstance(owner, list):
+            owner[int(last)] = module
+        else:
+            setattr(owner, last, module)
 
     def named_parameters(self, trainable_only=False):
         """(dotted name, module, key) for every parameter; ``module.params[key]`` is the array."""
