@@ -18,8 +18,9 @@ DEFAULT_TARGETS = ("q", "v")
 
 
 def _matches(name: str, target: str) -> bool:
-    """``"q"`` matches ``blocks.0.attn.q``; ``"blocks.*.mlp.*"`` matches by wildcard."""
-    return name == target or name.endswith("." + target) or fnmatch.fnmatchcase(name, target)
+    """A target matches a whole dotted name or its tail, with wildcards: ``"q"`` matches
+    ``blocks.0.attn.q`` and ``"mlp.layers.*"`` matches ``blocks.1.mlp.layers.0``."""
+    return fnmatch.fnmatchcase(name, target) or fnmatch.fnmatchcase(name, "*." + target)
 
 
 def linear_names(model: Module) -> list:
