@@ -15,6 +15,7 @@ Choosing the device:
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -28,7 +29,10 @@ _CUPY_HINT = (
 )
 
 
+@functools.lru_cache(maxsize=None)
 def _import_cupy():
+    # Cached: a failed import is not remembered by Python, and every op asks for its array
+    # module, so without the cache each op would search sys.path for cupy again.
     try:
         import cupy
     except Exception:  # ImportError, or a broken CUDA install raising on import

@@ -120,7 +120,7 @@ def gelu_forward(x):
     The exact GELU needs erf, which neither NumPy nor CuPy has in its main namespace.
     """
     xp = get_array_module(x)
-    t = xp.tanh(_GELU_C * (x + 0.044715 * x**3))
+    t = xp.tanh(_GELU_C * (x + 0.044715 * (x * x * x)))  # x * x * x: NumPy's float32 x**3 is ~100x slower
     out = 0.5 * x * (1.0 + t)
     return out, (x, t)
 
@@ -131,7 +131,7 @@ def gelu_backward(dout, cache):
     dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
     """
     x, t = cache
-    dudx = _GELU_C * (1.0 + 3.0 * 0.044715 * x**2)
+    dudx = _GELU_C * (1.0 + 3.0 * 0.044715 * (x * x))
     local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx
     return {"dx": dout * local}
 
