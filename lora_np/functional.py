@@ -96,6 +96,155 @@ def lora_linear_backward(dout, cache, need_dW=False):
     return grads
 
 
+def lora_linear_forward_fast(x, W, b, A, B, scaling, dropout_mask=None):
+    """Same result as ``lora_linear_forward`` with fewer passes over the big arrays.
+
+    The products are the same; what changes is where the work lands:
+    * leading dimensions are flattened once to a 2-D view (one BLAS call per product,
+      no reshape copy for a contiguous ``x``);
+    * ``scaling`` multiplies the small ``[N, r]`` array h, not the ``[N, d_out]`` output;
+    * the bias and the adapter's ``[N, d_out]`` term are added in place into the output.
+    The cache holds ``hs = scaling * h``, which is exactly what the backward needs.
+    Same arguments and shapes as ``lora_linear_forward``; pair it with ``lora_linear_backward_fast``.
+    """
+    d_in, d_out = W.shape
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, d_in)  # [..., d_in] -> [N, d_in], a view when x is contiguous
+    mask2 = None if dropout_mask is None else dropout_mask.reshape(x2.shape)
+    xd2 = x2 if mask2 is None else x2 * mask2  # [N, d_in]
+    out = x2 @ W  # [N, d_in] @ [d_in, d_out] -> [N, d_out]
+    if b is not None:
+        out += b
+    hs = (xd2 @ A) * scaling  # [N, d_in] @ [d_in, r] -> [N, r], scaled while small
+    out += hs @ B  # [N, r] @ [r, d_out] -> [N, d_out], accumulated in place
+    return out.reshape(*lead, d_out), (x2, xd2, hs, W, A, B, scaling, mask2, b is not None, lead)
+
+
+def lora_linear_backward_fast(dout, cache, need_dW=False):
+    """Gradients of ``lora_linear_forward_fast``; the same formulas as ``lora_linear_backward``.
+
+    forward was:  xd = x * mask;  hs = s * (xd @ A);  y = x @ W + b + hs @ B
+        dB = hs.T @ dout              (= s * h.T @ dout, the scaling already in hs)
+        dh = s * dout @ B.T           [N, d_out] @ [d_out, r] -> [N, r], scaled while small
+        dA = xd.T @ dh                [d_in, N] @ [N, r]    -> [d_in, r]
+        dx = dout @ W.T, then += (dh @ A.T) * mask in place
+    """
+    x2, xd2, hs, W, A, B, s, mask2, has_bias, lead = cache
+    d2 = dout.reshape(-1, W.shape[1])  # [..., d_out] -> [N, d_out]
+    grads = {"dB": hs.T @ d2}  # [r, N] @ [N, d_out] -> [r, d_out]
+    dh = (d2 @ B.T) * s  # [N, r]
+    grads["dA"] = xd2.T @ dh  # [d_in, r]
+    dx = d2 @ W.T  # [N, d_out] @ [d_out, d_in] -> [N, d_in]
+    dxd = dh @ A.T  # [N, r] @ [r, d_in] -> [N, d_in]
+    if mask2 is not None:
+        dxd *= mask2
+    dx += dxd
+    grads["dx"] = dx.reshape(*lead, W.shape[0])
+    if need_dW:
+        grads["dW"] = x2.T @ d2  # [d_in, d_out]
+        if has_bias:
+            grads["db"] = d2.sum(axis=0)
+    return grads
+
+
+# ----------------------------------------------------------------------------------------
+# DoRA: weight-decomposed low-rank adaptation (Liu et al. 2024)
+
+
+def dora_linear_forward(x, W, b, A, B, m, scaling, dropout_mask=None, detach_norm=False):
+    """y = x @ W' + b with W' = V * (m / n),  V = W + s * A @ B,  n = ||V|| per output unit.
+
+    x: (..., d_in), W: (d_in, d_out), b: (d_out,) or None, A: (d_in, r), B: (r, d_out),
+    m: (d_out,) trainable magnitude, scaling: Python float  ->  y: (..., d_out)
+
+    In this row-vector layout an output unit j is column j of W, so its norm is taken over
+    axis 0 (over d_in): n_j = sqrt(sum_i V_ij^2).  (This is the paper's per-output "column norm"
+    and PEFT's ``weight.norm(dim=1)`` of the torch (out, in) weight.)  The norms need V, a
+    (d_in, d_out) array: DoRA cannot avoid forming it, unlike plain LoRA.  As in PEFT, the
+    output is computed as g * (x @ W + s * (drop(x) @ A) @ B) + b with g = m / n, so dropout
+    touches the adapter branch only.  ``detach_norm`` changes only the backward.
+    """
+    xp = get_array_module(x)
+    V = W + scaling * (A @ B)  # [d_in, r] @ [r, d_out] -> [d_in, d_out]
+    n = xp.sqrt((V * V).sum(axis=0))  # [d_in, d_out] -> [d_out]
+    g = m / n  # [d_out]
+    xd = x if dropout_mask is None else x * dropout_mask
+    h = xd @ A  # [..., d_in] -> [..., r]
+    z = x @ W + scaling * (h @ B)  # [..., d_out]
+    out = g * z
+    if b is not None:
+        out = out + b
+    return out, (x, W, V, n, g, z, xd, h, A, B, scaling, dropout_mask, detach_norm)
+
+
+def dora_linear_backward(dout, cache):
+    """Hand-derived gradients of DoRA (forward run in reverse).
+
+    forward was:  V = W + s A @ B;  n = ||V||_axis0;  g = m / n;  h = xd @ A
+                  z = x @ W + s h @ B;  y = g * z + b
+        dz = dout * g                         [N, d_out]
+        dg = sum_N dout * z                   [d_out]
+        dm = dg / n                           [d_out]
+        dn = -dg * m / n^2                    [d_out]
+        dV = V * (dn / n)                     (d n_j / d V_ij = V_ij / n_j)
+      through z (as plain LoRA with upstream dz):
+        dB = s h.T @ dz,  dh = s dz @ B.T,  dA = xd.T @ dh,  dx = dz @ W.T + (dh @ A.T) * mask
+      through V = W + s A @ B (skipped when the norm is detached):
+        dA += s dV @ B.T = s V @ ((dn / n)[:, None] * B.T)      no new (d_in, d_out) array
+        dB += s A.T @ dV = s (A.T @ V) * (dn / n)
+    With ``detach_norm`` n is a constant in backward (the paper's cheaper variant, and what
+    PEFT does): dm and dx are unchanged, dA and dB lose the V term.
+    """
+    x, W, V, n, g, z, xd, h, A, B, s, mask, detach_norm = cache
+    C = dout.shape[-1]
+    d2 = dout.reshape(-1, C)  # [N, d_out]
+    dz = dout * g  # [..., d_out]
+    dz2 = dz.reshape(-1, C)
+    dg = (d2 * z.reshape(-1, C)).sum(axis=0)  # [d_out]
+    grads = {"dm": dg / n}
+    dh = s * (dz @ B.T)  # [..., d_out] -> [..., r]
+    grads["dB"] = s * (h.reshape(-1, h.shape[-1]).T @ dz2)  # [r, d_out]
+    grads["dA"] = xd.reshape(-1, xd.shape[-1]).T @ dh.reshape(-1, dh.shape[-1])  # [d_in, r]
+    dxd = dh @ A.T  # [..., r] -> [..., d_in]
+    grads["dx"] = dz @ W.T + (dxd if mask is None else dxd * mask)
+    if not detach_norm:
+        c = -dg * g / (n * n)  # dn / n, [d_out]
+        grads["dA"] = grads["dA"] + s * (V @ (c[:, None] * B.T))  # [d_in, d_out] @ [d_out, r]
+        grads["dB"] = grads["dB"] + s * ((A.T @ V) * c)  # [r, d_in] @ [d_in, d_out]
+    return grads
+
+
+# ----------------------------------------------------------------------------------------
+# LoRA on an embedding table
+
+
+def lora_embedding_forward(idx, table, A, B, scaling):
+    """out = table[idx] + s * A[idx] @ B  (a LoRA update of the table, read row by row).
+
+    idx: integer (...), table: (V, C), A: (V, r), B: (r, C)  ->  out: (..., C)
+    The lookup of a row is x @ table with a one-hot x, so A is the "input side" factor.
+    """
+    h = A[idx]  # [..., r]
+    out = table[idx] + scaling * (h @ B)  # [..., r] -> [..., C]
+    return out, (idx, h, A.shape, B, scaling)
+
+
+def lora_embedding_backward(dout, cache):
+    """forward was:  h = A[idx];  out = table[idx] + s * h @ B   (table frozen)
+
+        dB = s * h.T @ dout                       [r, N] @ [N, C] -> [r, C]
+        dh = s * dout @ B.T                       [N, r]
+        dA = scatter-add of dh into the rows idx  (a row read twice gets both gradients)
+    """
+    idx, h, A_shape, B, s = cache
+    xp = get_array_module(dout)
+    d2 = dout.reshape(-1, dout.shape[-1])  # [N, C]
+    h2 = h.reshape(-1, h.shape[-1])  # [N, r]
+    dA = xp.zeros(A_shape, dtype=dout.dtype)
+    scatter_add(dA, idx.reshape(-1), s * (d2 @ B.T))  # [N, r] into [V, r]
+    return {"dA": dA, "dB": s * (h2.T @ d2)}
+
+
 # ----------------------------------------------------------------------------------------
 # activations
 

@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 
 from . import functional as F
-from .backend import as_generator, device_of, get_xp, resolve_device
+from .backend import as_generator, device_of, get_xp, resolve_device, to_numpy
 from .lowrank import check_positive_int, check_positive_number, scaling as scaling_rule
 
 
@@ -215,11 +215,40 @@ class LoRALinear(Module):
     Only A and B are trained: ``backward`` fills ``grads['A']`` and ``grads['B']`` and never
     forms the (in_features, out_features) product A @ B; only ``merge`` and
     ``delta_weight`` do.  Dropout, when on, applies to the adapter's input only.
+
+    Variants, each one keyword (the defaults give plain LoRA):
+
+    - ``use_dora=True`` (DoRA, Liu et al. 2024): W' = m * V / ||V||, V = W + s * A @ B, with a
+      trainable magnitude ``m`` (out_features,) that starts at W's norm per output unit; in
+      this layout an output unit is a column of W, so the norm is over axis 0.  DoRA's
+      forward forms V (in_features, out_features): its column norms need it.
+      ``dora_detach_norm=True`` treats ||V|| as a constant in backward (cheaper, as PEFT does).
+    - ``init="pissa"`` (PiSSA, Meng et al. 2024): A, B from the top-r singular triplets of W
+      (sqrt of the singular values on each side), W replaced by the residual W - s * A @ B,
+      so the layer's output at init equals the base layer's.
+    - ``quantize="nf4"`` (QLoRA): the frozen W is stored in 4-bit NormalFloat
+      (``lora_np.quant``, block 64, double-quantized scales unless ``double_quant=False``) and
+      dequantized in each forward; ``qweight`` holds it and ``params`` has no ``"W"``.
+    - ``disabled = True`` (attribute): the layer computes the base layer only.
     """
 
-    W = _param("W")
     A = _param("A")
     B = _param("B")
+    INITS = ("gaussian", "pissa")
+    QUANTIZE = (None, "nf4")
+
+    @property
+    def W(self):
+        """The frozen base weight (in_features, out_features); dequantized when stored in NF4."""
+        if self.qweight is not None:
+            return self.qweight.dequantize(self.dtype)
+        return self.params["W"]
+
+    @W.setter
+    def W(self, value):
+        if self.qweight is not None:
+            raise AttributeError("W of an NF4-quantized LoRALinear is read-only (it is stored in qweight)")
+        self.params["W"] = value
 
     def __init__(
         self,
@@ -234,6 +263,11 @@ class LoRALinear(Module):
         dtype=np.float32,
         rng=None,
         device="cpu",
+        use_dora=False,
+        dora_detach_norm=False,
+        init="gaussian",
+        quantize=None,
+        double_quant=True,
         _base=None,
     ):
         super().__init__()
@@ -249,6 +283,24 @@ class LoRALinear(Module):
         self.dropout = float(dropout)
         self.dtype = check_dtype(dtype)
         self.device = resolve_device(device)
+        for flag, value in (("use_dora", use_dora), ("dora_detach_norm", dora_detach_norm), ("double_quant", double_quant)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {value!r}")
+        if dora_detach_norm and not use_dora:
+            raise ValueError("dora_detach_norm=True only applies to DoRA: pass use_dora=True as well")
+        if init not in self.INITS:
+            raise ValueError(f"init must be one of {self.INITS}, got {init!r}")
+        if quantize not in self.QUANTIZE:
+            raise ValueError(f"quantize must be None or 'nf4', got {quantize!r}")
+        if init == "pissa" and self.r > min(self.in_features, self.out_features):
+            raise ValueError(
+                f"init='pissa' takes the top r singular vectors of W, so r must be <= min(in_features, "
+                f"out_features) = {min(self.in_features, self.out_features)}, got r={self.r}"
+            )
+        self.use_dora, self.dora_detach_norm, self.init = use_dora, dora_detach_norm, init
+        self.quantize, self.double_quant = quantize, double_quant
+        self.qweight = None
+        self.disabled = False
         self.scaling = scaling_rule(self.alpha, self.r, "rslora" if use_rslora else "lora")
         self.merged = False
         self._rng = as_generator(rng)
@@ -261,18 +313,58 @@ class LoRALinear(Module):
             self.params["W"] = _init_normal(self._rng, (in_features, out_features), in_features**-0.5, self.dtype, self.device)
             if bias:
                 self.params["b"] = xp.zeros(out_features, dtype=self.dtype)
+        if quantize is not None and init == "gaussian":  # PiSSA quantizes its residual instead
+            self._quantize_base()
         self.reset_lora_parameters()
         self.frozen = self._always_frozen()
+
+    def _quantize_base(self):
+        from .quant import nf4_quantize
+
+        self.qweight = nf4_quantize(self.params.pop("W"), double_quant=self.double_quant)
 
     def _always_frozen(self):
         return {"W", "b"} & set(self.params)
 
     def reset_lora_parameters(self):
-        """A ~ N(0, 1/in_features), B = 0 (see the class docstring for why)."""
+        """A ~ N(0, 1/in_features), B = 0 (see the class docstring for why); PiSSA: from the SVD of W.
+
+        With DoRA, m is then set to the norm of W + s * A @ B per output unit, so the layer
+        starts equal to its base.
+        """
         if self.merged:
             raise RuntimeError("reset_lora_parameters() on a merged layer: call unmerge() first")
-        self.params["A"] = _init_normal(self._rng, (self.in_features, self.r), self.in_features**-0.5, self.dtype, self.device)
-        self.params["B"] = get_xp(self.device).zeros((self.r, self.out_features), dtype=self.dtype)
+        if self.init == "pissa":
+            self._pissa_init()
+        else:
+            self.params["A"] = _init_normal(self._rng, (self.in_features, self.r), self.in_features**-0.5, self.dtype, self.device)
+            self.params["B"] = get_xp(self.device).zeros((self.r, self.out_features), dtype=self.dtype)
+        if self.use_dora:
+            xp = get_xp(self.device)
+            V = self.W + self.scaling * (self.A @ self.B)  # [d_in, d_out]
+            self.params["m"] = xp.sqrt((V * V).sum(axis=0)).astype(self.dtype)  # norm per output unit
+
+    def _pissa_init(self):
+        """W = U S Vt (in float64): A = U_r sqrt(S_r / s), B = sqrt(S_r / s) Vt_r, W <- W - s A @ B.
+
+        Dividing by s makes s * A @ B equal the rank-r part U_r S_r Vt_r whatever alpha is.
+        A second call (``reset_lora_parameters``) first folds the current adapter back into W.
+        """
+        if self.qweight is not None and "A" in self.params:
+            raise RuntimeError("reset_lora_parameters() with init='pissa' on an NF4 base would re-quantize it; build a new layer")
+        xp = get_xp(self.device)
+        W = self.params["W"]
+        if "A" in self.params:
+            W = W + self.scaling * (self.A @ self.B)
+        U, S, Vt = np.linalg.svd(np.asarray(to_numpy(W), dtype=np.float64), full_matrices=False)
+        root = np.sqrt(S[: self.r] / self.scaling)
+        A = U[:, : self.r] * root  # [d_in, r]
+        B = root[:, None] * Vt[: self.r]  # [r, d_out]
+        self.params["A"] = xp.asarray(A.astype(self.dtype))
+        self.params["B"] = xp.asarray(B.astype(self.dtype))
+        self.params["W"] = W - self.scaling * (self.params["A"] @ self.params["B"])
+        if self.quantize is not None:
+            self._quantize_base()
 
     @classmethod
     def from_linear(cls, linear: Linear, r, alpha, **kwargs) -> "LoRALinear":
@@ -299,9 +391,19 @@ class LoRALinear(Module):
             out, cache = F.linear_forward(x, self.W, self.b)
             self._cache = ("merged", cache)
             return out
+        if self.disabled:
+            out, cache = F.linear_forward(x, self.W, self.b)
+            self._cache = ("disabled", cache)
+            return out
         mask = None
         if self.training and self.dropout > 0.0:
             mask = F.dropout_mask(x.shape, self.dropout, self._rng, self.dtype, get_xp(self.device))
+        if self.use_dora:
+            out, cache = F.dora_linear_forward(
+                x, self.W, self.b, self.A, self.B, self.params["m"], self.scaling, mask, self.dora_detach_norm
+            )
+            self._cache = ("dora", cache)
+            return out
         out, cache = F.lora_linear_forward(x, self.W, self.b, self.A, self.B, self.scaling, mask)
         self._cache = ("lora", cache)
         return out
@@ -314,34 +416,71 @@ class LoRALinear(Module):
                 "backward() through a merged LoRALinear: the adapter is folded into W and cannot be "
                 "trained; call unmerge() before training"
             )
+        if kind == "disabled":
+            return F.linear_backward(dout, cache, need_dW=False)["dx"]
+        if kind == "dora":
+            grads = F.dora_linear_backward(dout, cache)
+            self._set_grads(grads, {"A": "dA", "B": "dB", "m": "dm"})
+            return grads["dx"]
         grads = F.lora_linear_backward(dout, cache)
         self._set_grads(grads, {"A": "dA", "B": "dB"})
         return grads["dx"]
 
     # --- merging -------------------------------------------------------------------
     def delta_weight(self):
-        """scaling * A @ B, shape (in_features, out_features).  Forms the full product."""
+        """scaling * A @ B, shape (in_features, out_features).  Forms the full product.
+
+        DoRA: W' - W with W' = m * V / ||V|| (V = W + s * A @ B).
+        """
+        if self.use_dora:
+            W = self.W
+            V = W + (self.A @ self.B) * self.scaling
+            return V * (self.params["m"] / get_xp(self.device).sqrt((V * V).sum(axis=0))) - W
         return (self.A @ self.B) * self.scaling
+
+    def _check_mergeable(self):
+        if self.qweight is not None:
+            raise RuntimeError(
+                "merge()/unmerge() on an NF4-quantized base: folding the update into 4-bit codes would "
+                "re-quantize it; dequantize (layer.W) into a float Linear first"
+            )
+        if self.disabled:
+            raise RuntimeError("merge()/unmerge() on a disabled adapter: set layer.disabled = False first")
 
     def merge(self):
         """Fold the update into W (W += s * A @ B) so inference costs one product."""
         if self.merged:
             raise RuntimeError("merge() called twice: the adapter is already merged into W")
-        self.params["W"] += self.delta_weight()
+        self._check_mergeable()
+        if self.use_dora:  # W <- m * V / ||V||; remember the factor to undo it
+            V = self.params["W"] + (self.A @ self.B) * self.scaling
+            self._merge_factor = self.params["m"] / get_xp(self.device).sqrt((V * V).sum(axis=0))
+            self.params["W"] = V * self._merge_factor
+        else:
+            self.params["W"] += self.delta_weight()
         self.merged = True
 
     def unmerge(self):
         """Take the update out of W again (W -= s * A @ B)."""
         if not self.merged:
             raise RuntimeError("unmerge() called but the adapter is not merged")
-        self.params["W"] -= self.delta_weight()
+        self._check_mergeable()
+        if self.use_dora:
+            self.params["W"] = self.params["W"] / self._merge_factor - (self.A @ self.B) * self.scaling
+        else:
+            self.params["W"] -= self.delta_weight()
         self.merged = False
 
     def __repr__(self):
         rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
         return (
             f"LoRALinear({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, "
-            f"scaling={self.scaling:g} [{rule}], merged={self.merged}, dtype={self.dtype.name})"
+            f"scaling={self.scaling:g} [{rule}], merged={self.merged}, dtype={self.dtype.name}"
+            + (", dora" + (" (detached norm)" if self.dora_detach_norm else "") if self.use_dora else "")
+            + (", init=pissa" if self.init == "pissa" else "")
+            + (f", quantize={self.quantize}" if self.quantize else "")
+            + (", disabled" if self.disabled else "")
+            + ")"
         )
 
 
