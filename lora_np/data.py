@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import as_generator
+from .backend import as_generator, get_array_module
 
 
 @dataclass
@@ -81,14 +81,18 @@ def lag_task(n, seq_len, vocab_size, lag, rng=None):
 
 
 def batches(X, y, batch_size, rng=None):
-    """An endless stream of shuffled minibatches (x, y), reshuffled every epoch."""
+    """An endless stream of shuffled minibatches (x, y), reshuffled every epoch.
+
+    X and y may be NumPy or CuPy arrays; the shuffling is drawn on the host either way.
+    """
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
     rng = as_generator(rng)
+    xp = get_array_module(X)
     n = len(X)
     batch_size = min(int(batch_size), n)
     while True:
         order = rng.permutation(n)
         for start in range(0, n - batch_size + 1, batch_size):
-            take = order[start : start + batch_size]
+            take = xp.asarray(order[start : start + batch_size])
             yield X[take], y[take]
