@@ -3,18 +3,18 @@
     y = x @ W + b + s * (x @ A) @ B,   W (d_in, d_out) frozen, A (d_in, r), B (r, d_out), s = alpha / r
 """
 
-from . import backend, functional, gradcheck, lora, lowrank, optim
+from . import backend, functional, gradcheck, lora, lowrank, optim, quant
 from .backend import get_xp, to_device, to_numpy
-from .layers import GELU, Dropout, Embedding, LayerNorm, Linear, LoRALinear, Module, ReLU
-from .lora import inject_lora, merge_all, summary, unmerge_all
+from .layers import GELU, Dropout, Embedding, LayerNorm, Linear, LoRAEmbedding, LoRALinear, Module, ReLU
+from .lora import inject_lora, inject_lora_embedding, loraplus_param_groups, merge_all, summary, unmerge_all
 from .models import MLP, MultiHeadSelfAttention, TransformerBlock, TransformerConfig, TransformerLM
 from .optim import SGD, AdamW
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdamW", "Dropout", "Embedding", "GELU", "LayerNorm", "Linear", "LoRALinear", "MLP", "Module",
+    "AdamW", "Dropout", "Embedding", "GELU", "LayerNorm", "Linear", "LoRAEmbedding", "LoRALinear", "MLP", "Module",
     "MultiHeadSelfAttention", "ReLU", "SGD", "TransformerBlock", "TransformerConfig", "TransformerLM",
-    "backend", "functional", "get_xp", "gradcheck", "inject_lora", "lora", "lowrank", "merge_all",
-    "optim", "summary", "to_device", "to_numpy", "unmerge_all",
+    "backend", "functional", "get_xp", "gradcheck", "inject_lora", "inject_lora_embedding", "lora", "loraplus_param_groups", "lowrank", "merge_all",
+    "optim", "quant", "summary", "to_device", "to_numpy", "unmerge_all",
 ]

@@ -537,6 +537,121 @@ class Embedding(Module):
         return None  # integer indices have no gradient
 
 
+def _check_indices(module, idx):
+    """Integer indices on the module's device, in [0, num_embeddings)."""
+    xp = get_xp(module.device)
+    name = type(module).__name__
+    if not isinstance(idx, xp.ndarray) or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"{name} expects an integer {xp.__name__} array of indices, got {getattr(idx, 'dtype', type(idx))}")
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= module.num_embeddings):
+        raise ValueError(
+            f"{name} indices must lie in [0, {module.num_embeddings}), got min {int(idx.min())}, max {int(idx.max())}"
+        )
+
+
+class LoRAEmbedding(Module):
+    """A frozen embedding table plus a low-rank update: out = table[idx] + s * A[idx] @ B.
+
+    table (num_embeddings, dim) frozen; A (num_embeddings, r) starts at ZERO and B (r, dim)
+    starts N(0, 1): the loralib / PEFT convention for embeddings (their lora_embedding_A is
+    A.T, lora_embedding_B is B.T).  Either zero init works: all LoRA needs is delta = s * A @ B
+    = 0 at the start, and a non-zero other factor so the zero one gets a gradient (here
+    dA = scatter-add of s * dout @ B.T != 0 while dB = s * A[idx].T @ dout = 0 at step 0).
+    A row of A is read only when its token appears, so dA is a sparse scatter-add, like the
+    table's own gradient.
+    """
+
+    A = _param("A")
+    B = _param("B")
+
+    def __init__(self, num_embeddings, dim, r, alpha, *, use_rslora=False, dtype=np.float32, rng=None, device="cpu", _table=None):
+        super().__init__()
+        self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
+        self.dim = check_positive_int(dim, "dim")
+        self.r = check_positive_int(r, "r")
+        self.alpha = check_positive_number(alpha, "alpha")
+        if not isinstance(use_rslora, bool):
+            raise TypeError(f"use_rslora must be True or False, got {use_rslora!r}")
+        self.use_rslora = use_rslora
+        self.dtype = check_dtype(dtype)
+        self.device = resolve_device(device)
+        self.scaling = scaling_rule(self.alpha, self.r, "rslora" if use_rslora else "lora")
+        self.merged = False
+        self.disabled = False
+        self._rng = as_generator(rng)
+        if _table is not None:
+            self.params["table"] = _table.copy()
+        else:
+            self.params["table"] = _init_normal(self._rng, (num_embeddings, dim), 1.0, self.dtype, self.device)
+        self.reset_lora_parameters()
+        self.frozen = self._always_frozen()
+
+    def _always_frozen(self):
+        return {"table"}
+
+    def reset_lora_parameters(self):
+        """A = 0, B ~ N(0, 1) (see the class docstring)."""
+        if self.merged:
+            raise RuntimeError("reset_lora_parameters() on a merged layer: call unmerge() first")
+        self.params["A"] = get_xp(self.device).zeros((self.num_embeddings, self.r), dtype=self.dtype)
+        self.params["B"] = _init_normal(self._rng, (self.r, self.dim), 1.0, self.dtype, self.device)
+
+    @classmethod
+    def from_embedding(cls, embedding: Embedding, r, alpha, **kwargs) -> "LoRAEmbedding":
+        """Wrap a (pretrained) ``Embedding``: copies its table, adds A and B."""
+        if not isinstance(embedding, Embedding):
+            raise TypeError(f"from_embedding expects a lora_np.Embedding, got {type(embedding).__name__}")
+        for key in ("dtype", "device", "_table"):
+            if key in kwargs:
+                raise TypeError(f"from_embedding takes {key} from the wrapped layer; do not pass {key}=")
+        return cls(
+            embedding.num_embeddings, embedding.dim, r, alpha, dtype=embedding.dtype, device=embedding.device,
+            _table=embedding.params["table"], **kwargs,
+        )
+
+    def forward(self, idx):
+        """idx: integer array (...) with values in [0, num_embeddings) -> (..., dim)"""
+        _check_indices(self, idx)
+        if self.merged or self.disabled:
+            out, cache = F.embedding_forward(idx, self.params["table"])
+            self._cache = ("base", cache)
+            return out
+        out, cache = F.lora_embedding_forward(idx, self.params["table"], self.A, self.B, self.scaling)
+        self._cache = ("lora", cache)
+        return out
+
+    def backward(self, dout):
+        kind, cache = self._pop_cache()
+        if kind == "base":
+            if self.merged and not self.disabled:
+                raise RuntimeError("backward() through a merged LoRAEmbedding: call unmerge() before training")
+            return None
+        self._set_grads(F.lora_embedding_backward(dout, cache), {"A": "dA", "B": "dB"})
+        return None  # integer indices have no gradient
+
+    def delta_weight(self):
+        """scaling * A @ B, shape (num_embeddings, dim)."""
+        return (self.A @ self.B) * self.scaling
+
+    def merge(self):
+        if self.merged:
+            raise RuntimeError("merge() called twice: the adapter is already merged into the table")
+        self.params["table"] += self.delta_weight()
+        self.merged = True
+
+    def unmerge(self):
+        if not self.merged:
+            raise RuntimeError("unmerge() called but the adapter is not merged")
+        self.params["table"] -= self.delta_weight()
+        self.merged = False
+
+    def __repr__(self):
+        return (
+            f"LoRAEmbedding({self.num_embeddings}, {self.dim}, r={self.r}, alpha={self.alpha:g}, "
+            f"scaling={self.scaling:g}, merged={self.merged}, dtype={self.dtype.name})"
+        )
+
+
 class _Elementwise(Module):
     _fwd = _bwd = None
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import fnmatch
 
 from .backend import as_generator
-from .layers import Linear, LoRALinear, Module
+from .lowrank import check_positive_number
+from .layers import Embedding, Linear, LoRAEmbedding, LoRALinear, Module
 
 DEFAULT_TARGETS = ("q", "v")
 
@@ -55,9 +56,43 @@ def inject_lora(model: Module, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=
     return chosen
 
 
+def inject_lora_embedding(model: Module, r, alpha, targets=("tok_emb",), *, use_rslora=False, rng=None) -> list:
+    """Replace each ``Embedding`` named by ``targets`` with a ``LoRAEmbedding`` (A = 0, B normal),
+    then freeze everything but the adapters.  Returns the replaced names."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    targets = tuple(targets)
+    if not targets:
+        raise ValueError("targets is empty: name at least one Embedding to adapt, e.g. ('tok_emb',)")
+    rng = as_generator(rng)
+    candidates = [n for n, m in model.named_modules() if isinstance(m, Embedding)]
+    unmatched = [t for t in targets if not any(_matches(n, t) for n in candidates)]
+    if unmatched:
+        raise ValueError(f"no Embedding layer matches target(s) {unmatched}; the model's Embedding layers are {candidates}")
+    chosen = [n for n in candidates if any(_matches(n, t) for t in targets)]
+    for name in chosen:
+        layer = model.get_submodule(name)
+        model.set_submodule(name, LoRAEmbedding.from_embedding(layer, r, alpha, use_rslora=use_rslora, rng=rng))
+    mark_only_lora_as_trainable(model)
+    return chosen
+
+
+def loraplus_param_groups(model: Module, lr, ratio=1.0) -> list:
+    """LoRA+ (Hayou et al. 2024): parameter groups where every ``B`` learns ``ratio`` times faster.
+
+    ``AdamW(loraplus_param_groups(model, 1e-3, ratio=16))``: A (and DoRA's m) at lr, B at 16 * lr.
+    ratio = 1 is plain LoRA.
+    """
+    from .optim import param_groups
+
+    ratio = check_positive_number(ratio, "ratio")
+    lr = check_positive_number(lr, "lr")
+    return param_groups(model, lr, {"B": lr * ratio})
+
+
 def lora_layers(model: Module) -> list:
-    """(name, LoRALinear) for every adapter in the model."""
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, LoRALinear)]
+    """(name, layer) for every adapter in the model (``LoRALinear`` and ``LoRAEmbedding``)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (LoRALinear, LoRAEmbedding))]
 
 
 def mark_only_lora_as_trainable(model: Module) -> None:

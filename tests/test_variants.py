@@ -1,0 +1,248 @@
+"""LoRA variants: DoRA, PiSSA init, LoRA on the embedding, LoRA+ parameter groups.
+
+Each: a float64 gradient check, a test of its defining property, and its bad-argument errors.
+"""
+
+import numpy as np
+import pytest
+
+import lora_np as ln
+from lora_np import functional as F
+from lora_np.gradcheck import DEFAULT_TOL, check_module, format_table, numerical_gradient, rel_error
+
+F64 = dict(dtype=np.float64, rng=0)
+
+
+def assert_rows_pass(rows):
+    assert all(r[2] <= DEFAULT_TOL for r in rows), "\n" + format_table(rows)
+
+
+def perturb(layer, seed=1):
+    """Move B (and m) off their init so that every gradient term is exercised."""
+    rng = np.random.default_rng(seed)
+    layer.B[...] = rng.standard_normal(layer.B.shape)
+    if "m" in layer.params:
+        layer.params["m"] *= 1.0 + 0.5 * rng.random(layer.params["m"].shape)
+
+
+# --- DoRA ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_dora_gradients(rng, bias, dropout):
+    layer = ln.LoRALinear(5, 4, 2, 3.0, bias=bias, use_dora=True, dropout=dropout, **F64)
+    perturb(layer)
+    if dropout:  # a fixed mask, so that the function under check is deterministic
+        mask = F.dropout_mask((2, 3, 5), dropout, np.random.default_rng(5), np.float64)
+        x = rng.standard_normal((2, 3, 5))
+        f = lambda: F.dora_linear_forward(x, layer.W, layer.b, layer.A, layer.B, layer.params["m"], layer.scaling, mask)[0]
+        out, cache = F.dora_linear_forward(x, layer.W, layer.b, layer.A, layer.B, layer.params["m"], layer.scaling, mask)
+        dout = rng.standard_normal(out.shape)
+        grads = F.dora_linear_backward(dout, cache)
+        for key, arr in (("x", x), ("A", layer.A), ("B", layer.B), ("m", layer.params["m"])):
+            assert rel_error(grads["d" + key], numerical_gradient(f, arr, dout)) <= DEFAULT_TOL, key
+        return
+    rows = check_module(layer, rng.standard_normal((2, 3, 5)))
+    assert [r[0] for r in rows] == ["x", "A", "B", "m"]
+    assert_rows_pass(rows)
+    assert set(layer.grads) == {"A", "B", "m"}
+
+
+def test_dora_forward_is_magnitude_times_direction(rng):
+    """W' = m * V / ||V||, the norm per output unit = per column of W (axis 0) in this layout."""
+    layer = ln.LoRALinear(6, 4, 2, 2.0, use_dora=True, **F64)
+    perturb(layer)
+    x = rng.standard_normal((3, 6))
+    V = layer.W + layer.scaling * layer.A @ layer.B
+    W_prime = layer.params["m"] * V / np.linalg.norm(V, axis=0)
+    np.testing.assert_allclose(layer(x), x @ W_prime + layer.b, rtol=1e-12, atol=1e-12)
+    assert np.allclose(np.linalg.norm(W_prime, axis=0), layer.params["m"])  # column norms are m
+    np.testing.assert_allclose(layer.delta_weight(), W_prime - layer.W, atol=1e-12)
+
+
+def test_dora_starts_as_the_base_layer(rng):
+    base = ln.Linear(6, 4, **F64)
+    layer = ln.LoRALinear.from_linear(base, 2, 2.0, use_dora=True, rng=1)
+    np.testing.assert_array_equal(layer.params["m"], np.linalg.norm(base.W, axis=0))
+    x = rng.standard_normal((3, 6))
+    np.testing.assert_array_equal(layer(x), base(x))
+    assert layer.params["m"].shape == (4,)
+
+
+def test_dora_detached_norm(rng):
+    """Detaching the norm leaves dm and dx exact and changes only dA and dB."""
+    exact = ln.LoRALinear(5, 4, 2, 3.0, use_dora=True, **F64)
+    perturb(exact)
+    detached = ln.LoRALinear(5, 4, 2, 3.0, use_dora=True, dora_detach_norm=True, **F64)
+    detached.params.update({k: v.copy() for k, v in exact.params.items()})
+    x = rng.standard_normal((4, 5))
+    dout = rng.standard_normal((4, 4))
+    np.testing.assert_array_equal(exact(x), detached(x))
+    dx_e, dx_d = exact.backward(dout), detached.backward(dout)
+    assert rel_error(dx_e, dx_d) < 1e-15 and rel_error(exact.grads["m"], detached.grads["m"]) < 1e-15
+    err_A = rel_error(exact.grads["A"], detached.grads["A"])
+    err_B = rel_error(exact.grads["B"], detached.grads["B"])
+    assert err_A > 1e-3 and err_B > 1e-3  # a real approximation, not the exact gradient
+    # the dropped term is exactly the projection of the gradient onto V's columns: check it
+    V = exact.W + exact.scaling * exact.A @ exact.B
+    n = np.linalg.norm(V, axis=0)
+    dg = (dout * (x @ V)).sum(axis=0)  # dL/dg with y = g * z, z = x @ V
+    dV_norm = V * (-dg * exact.params["m"] / n**3)
+    np.testing.assert_allclose(exact.grads["A"] - detached.grads["A"], exact.scaling * dV_norm @ exact.B.T, atol=1e-12)
+
+
+def test_dora_merge_unmerge(rng):
+    layer = ln.LoRALinear(6, 4, 2, 2.0, use_dora=True, **F64)
+    perturb(layer)
+    x = rng.standard_normal((3, 6))
+    before, W0 = layer(x), layer.W.copy()
+    layer.merge()
+    np.testing.assert_allclose(layer(x), before, rtol=1e-12, atol=1e-12)
+    layer.unmerge()
+    np.testing.assert_allclose(layer.W, W0, rtol=1e-12, atol=1e-12)
+
+
+def test_dora_bad_arguments():
+    with pytest.raises(TypeError, match="use_dora must be True or False"):
+        ln.LoRALinear(4, 3, 2, 2.0, use_dora="yes")
+    with pytest.raises(ValueError, match="only applies to DoRA"):
+        ln.LoRALinear(4, 3, 2, 2.0, dora_detach_norm=True)
+    with pytest.raises(TypeError, match="dora_detach_norm must be True or False"):
+        ln.LoRALinear(4, 3, 2, 2.0, use_dora=True, dora_detach_norm=None)
+
+
+def test_dora_in_a_model_trains_m():
+    model = ln.MLP([8, 16, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", use_dora=True, rng=0)
+    names = sorted(n for n, _, _ in model.named_parameters(trainable_only=True))
+    assert names == sorted(f"layers.{i}.{k}" for i in (0, 1) for k in "ABm")
+
+
+# --- PiSSA ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_pissa_forward_at_init_equals_base(rng, use_rslora):
+    base = ln.Linear(8, 6, **F64)
+    layer = ln.LoRALinear.from_linear(base, 3, 5.0, init="pissa", use_rslora=use_rslora)
+    x = rng.standard_normal((4, 8))
+    np.testing.assert_allclose(layer(x), base(x), rtol=0, atol=1e-13)
+    # the adapter holds the top-3 singular part of W, the frozen residual the rest
+    U, S, Vt = np.linalg.svd(base.W)
+    np.testing.assert_allclose(layer.delta_weight(), (U[:, :3] * S[:3]) @ Vt[:3], atol=1e-12)
+    np.testing.assert_allclose(np.linalg.svd(layer.W, compute_uv=False)[:3], S[3:], atol=1e-12)
+    # sqrt(S / s) on each side: A.T A = B B.T = diag(S_r / s)
+    np.testing.assert_allclose(layer.A.T @ layer.A, np.diag(S[:3] / layer.scaling), atol=1e-12)
+    np.testing.assert_allclose(layer.B @ layer.B.T, np.diag(S[:3] / layer.scaling), atol=1e-12)
+
+
+def test_pissa_gradients_and_first_step_moves_both(rng):
+    layer = ln.LoRALinear(6, 5, 2, 4.0, init="pissa", **F64)
+    rows = check_module(layer, rng.standard_normal((2, 3, 6)))
+    assert_rows_pass(rows)
+    layer(rng.standard_normal((3, 6)))
+    layer.backward(rng.standard_normal((3, 5)))
+    assert np.abs(layer.grads["A"]).max() > 0 and np.abs(layer.grads["B"]).max() > 0  # unlike B = 0 init
+
+
+def test_pissa_reset_keeps_the_function(rng):
+    layer = ln.LoRALinear(6, 5, 2, 4.0, init="pissa", **F64)
+    layer.B[...] += 0.1
+    x = rng.standard_normal((3, 6))
+    before = layer(x)
+    layer.reset_lora_parameters()  # folds the adapter back, then takes the new top-r part
+    np.testing.assert_allclose(layer(x), before, atol=1e-12)
+
+
+def test_pissa_bad_arguments():
+    with pytest.raises(ValueError, match="init must be one of"):
+        ln.LoRALinear(4, 3, 2, 2.0, init="kaiming")
+    with pytest.raises(ValueError, match="r must be <= min"):
+        ln.LoRALinear(4, 3, 4, 2.0, init="pissa")
+
+
+# --- LoRA on the embedding -----------------------------------------------------------------
+
+
+def test_lora_embedding_gradients_with_repeated_indices(rng):
+    layer = ln.LoRAEmbedding(7, 5, 2, 4.0, **F64)
+    layer.A[...] = rng.standard_normal(layer.A.shape)  # A starts at 0: move it so dB is not 0
+    idx = np.array([[1, 2, 1], [6, 1, 0]])  # row 1 read three times: its gradients must add
+    rows = check_module(layer, idx)
+    assert [r[0] for r in rows] == ["A", "B"]
+    assert_rows_pass(rows)
+
+
+def test_lora_embedding_init_and_first_gradient(rng):
+    emb = ln.Embedding(7, 5, **F64)
+    layer = ln.LoRAEmbedding.from_embedding(emb, 2, 4.0, rng=1)
+    idx = np.array([[1, 2, 1]])
+    np.testing.assert_array_equal(layer(idx), emb(idx))  # A = 0: starts equal to the base
+    layer.backward(rng.standard_normal((1, 3, 5)))
+    assert np.all(layer.grads["B"] == 0)  # dB = s A[idx].T dout = 0 at step 0 ...
+    touched = np.abs(layer.grads["A"]).sum(axis=1) > 0
+    assert touched.tolist() == [False, True, True, False, False, False, False]  # ... only read rows of A move
+
+
+def test_lora_embedding_merge_and_transformer(rng):
+    model = ln.TransformerLM(ln.TransformerConfig(vocab_size=11, block_size=6, d_model=8, n_head=2, n_layer=1), dtype=np.float64, rng=0)
+    names = ln.inject_lora_embedding(model, 2, 4.0, rng=0)
+    assert names == ["tok_emb"] and isinstance(model.tok_emb, ln.LoRAEmbedding)
+    assert sorted(n for n, _, _ in model.named_parameters(True)) == ["tok_emb.A", "tok_emb.B"]
+    model.tok_emb.A[...] = rng.standard_normal(model.tok_emb.A.shape)
+    idx = rng.integers(0, 11, (2, 6))
+    before = model(idx)
+    ln.merge_all(model)
+    np.testing.assert_allclose(model(idx), before, atol=1e-12)
+    ln.unmerge_all(model)
+
+
+def test_lora_embedding_bad_arguments():
+    layer = ln.LoRAEmbedding(7, 5, 2, 4.0)
+    with pytest.raises(TypeError, match="integer"):
+        layer(np.zeros(3))
+    with pytest.raises(ValueError, match=r"indices must lie in \[0, 7\)"):
+        layer(np.array([7]))
+    with pytest.raises(TypeError, match="expects a lora_np.Embedding"):
+        ln.LoRAEmbedding.from_embedding(ln.Linear(3, 3), 2, 2.0)
+    with pytest.raises(ValueError, match="no Embedding layer matches"):
+        ln.inject_lora_embedding(ln.MLP([4, 4]), 2, 2.0)
+    with pytest.raises(ValueError, match="r must be"):
+        ln.LoRAEmbedding(7, 5, 0, 4.0)
+
+
+# --- LoRA+ ----------------------------------------------------------------------------------
+
+
+def test_loraplus_groups_give_B_lambda_times_the_rate():
+    model = ln.MLP([8, 16, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", rng=0)
+    groups = ln.loraplus_param_groups(model, 1e-3, ratio=16)
+    by_lr = {g["lr"]: sorted(n for n, _, _ in g["params"]) for g in groups}
+    assert by_lr == {1e-3: ["layers.0.A", "layers.1.A"], 16e-3: ["layers.0.B", "layers.1.B"]}
+
+
+def test_loraplus_step_sizes(rng):
+    """With SGD the update of B is exactly ratio times what plain LoRA gives it; A's is unchanged."""
+    results = {}
+    for ratio in (1.0, 4.0):
+        model = ln.MLP([8, 4], dtype=np.float64, rng=0)
+        ln.inject_lora(model, 2, 4.0, targets="layers.*", rng=0)
+        layer = model.layers[0]
+        layer.B[...] = 0.1
+        A0, B0 = layer.A.copy(), layer.B.copy()
+        opt = ln.SGD(ln.loraplus_param_groups(model, 0.1, ratio=ratio), lr=0.1)
+        x = np.random.default_rng(0).standard_normal((5, 8))
+        model.backward(model(x))
+        opt.step()
+        results[ratio] = (layer.A - A0, layer.B - B0)
+    np.testing.assert_allclose(results[4.0][0], results[1.0][0], rtol=1e-12)
+    np.testing.assert_allclose(results[4.0][1], 4.0 * results[1.0][1], rtol=1e-12)
+
+
+def test_loraplus_bad_ratio():
+    model = ln.MLP([8, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*")
+    with pytest.raises(ValueError, match="ratio"):
+        ln.loraplus_param_groups(model, 1e-3, ratio=0)
