@@ -230,10 +230,14 @@ class LoRALinear(Module):
       (``lora_np.quant``, block 64, double-quantized scales unless ``double_quant=False``) and
       dequantized in each forward; ``qweight`` holds it and ``params`` has no ``"W"``.
     - ``disabled = True`` (attribute): the layer computes the base layer only.
+    - ``fast_path = False`` (attribute): plain LoRA runs the reference pair
+      ``lora_linear_forward/backward`` instead of the default ``*_fast`` pair (same math,
+      fewer passes over the big arrays; see ``benchmarks/``).
     """
 
     A = _param("A")
     B = _param("B")
+    fast_path = True  # plain LoRA uses lora_linear_forward_fast / lora_linear_backward_fast
     INITS = ("gaussian", "pissa")
     QUANTIZE = (None, "nf4")
 
@@ -404,8 +408,9 @@ class LoRALinear(Module):
             )
             self._cache = ("dora", cache)
             return out
-        out, cache = F.lora_linear_forward(x, self.W, self.b, self.A, self.B, self.scaling, mask)
-        self._cache = ("lora", cache)
+        forward = F.lora_linear_forward_fast if self.fast_path else F.lora_linear_forward
+        out, cache = forward(x, self.W, self.b, self.A, self.B, self.scaling, mask)
+        self._cache = ("lora_fast" if self.fast_path else "lora", cache)
         return out
 
     def backward(self, dout):
@@ -422,7 +427,8 @@ class LoRALinear(Module):
             grads = F.dora_linear_backward(dout, cache)
             self._set_grads(grads, {"A": "dA", "B": "dB", "m": "dm"})
             return grads["dx"]
-        grads = F.lora_linear_backward(dout, cache)
+        backward = F.lora_linear_backward_fast if kind == "lora_fast" else F.lora_linear_backward
+        grads = backward(dout, cache)
         self._set_grads(grads, {"A": "dA", "B": "dB"})
         return grads["dx"]
 
