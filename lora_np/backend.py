@@ -108,10 +108,13 @@ def synchronize(device: str | None = None) -> None:
 
 
 def scatter_add(target, indices, values) -> None:
-    """``target[indices] += values`` with repeated indices accumulated (in place)."""
+    """``target[indices] += values`` with repeated indices accumulated (in place).
+
+    ``numpy.add.at``, and ``cupy.add.at`` on the GPU (CuPy >= 13; ``cupyx.scatter_add`` before).
+    """
     xp = get_array_module(target)
-    if xp is np:
-        np.add.at(target, indices, values)
+    if xp is np or hasattr(xp.add, "at"):
+        xp.add.at(target, indices, values)
     else:
         import cupyx
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import functional as F
-from .backend import as_generator, get_xp
+from .backend import as_generator, get_xp, resolve_device
 from .layers import GELU, Embedding, LayerNorm, Linear, Module, ReLU, check_dtype
 from .lowrank import check_positive_int
 
@@ -141,7 +141,7 @@ class TransformerLM(Module):
             check_positive_int(getattr(c, name), name)
         rng = as_generator(rng)
         self.dtype = check_dtype(dtype)
-        self.device = device
+        self.device = resolve_device(device)
         self.tok_emb = Embedding(c.vocab_size, c.d_model, std=0.5, dtype=dtype, rng=rng, device=device)
         self.pos_emb = Embedding(c.block_size, c.d_model, std=0.5, dtype=dtype, rng=rng, device=device)
         self.blocks = [
