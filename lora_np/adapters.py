@@ -1,0 +1,532 @@
+"""Adapters as things you keep: files, the PEFT layout, several named adapters on one base.
+
+    save_adapter(model, "out/digits")         # adapter_weights.npz + adapter_config.json
+    load_adapter(other_model, "out/digits")   # checks everything first, then copies (bit-exact)
+    export_peft(model, "out/peft")            # adapter_model.safetensors + adapter_config.json for PEFT
+
+    add_adapter(model, "rot90", r=4, alpha=8, targets="layers.*")
+    set_adapter(model, "rot90")               # train / run with this one (make a new optimiser)
+    with adapters_disabled(model): ...        # the base model alone
+    merge_adapter(model, "rot90")             # fold one adapter into W
+    delete_adapter(model, "default")
+
+Only the adapters' own parameters (A, B and DoRA's m) are saved: the base model is whatever
+the receiving model holds, so it must be the same base.  Files are plain ``.npz`` (read with
+``allow_pickle=False``) and JSON: nothing in them can run code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .backend import as_generator, get_xp, to_numpy
+from .layers import Linear, LoRAEmbedding, LoRALinear, Module
+from .lora import DEFAULT_TARGETS, _matches, lora_layers, mark_only_lora_as_trainable
+from .lowrank import check_positive_int, check_positive_number, scaling as scaling_rule
+
+FORMAT = "lora_np-adapter"
+VERSION = 1
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_weights.npz"
+PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
+DEFAULT_ADAPTER = "default"
+ADAPTER_KEYS = ("A", "B", "m")
+_LINEAR_ATTRS = ("r", "alpha", "use_rslora", "scaling", "dropout", "use_dora", "dora_detach_norm")
+
+
+class AdapterError(ValueError):
+    """An adapter file or name that does not fit the model; the model was not changed."""
+
+
+# ---------------------------------------------------------------------------------------
+# what an adapter is: per layer, its config and its arrays
+
+
+def _kind(layer) -> str:
+    return "embedding" if isinstance(layer, LoRAEmbedding) else "linear"
+
+
+def _layer_config(layer) -> dict:
+    if isinstance(layer, LoRAEmbedding):
+        return {
+            "kind": "embedding", "num_embeddings": layer.num_embeddings, "dim": layer.dim, "r": layer.r,
+            "alpha": layer.alpha, "use_rslora": layer.use_rslora, "dtype": layer.dtype.name,
+        }
+    return {
+        "kind": "linear", "in_features": layer.in_features, "out_features": layer.out_features, "r": layer.r,
+        "alpha": layer.alpha, "use_rslora": layer.use_rslora, "dropout": layer.dropout,
+        "use_dora": layer.use_dora, "dora_detach_norm": layer.dora_detach_norm, "init": layer.init,
+        "quantize": layer.quantize, "dtype": layer.dtype.name,
+    }
+
+
+def _installed_layers(model: Module) -> list:
+    """(name, layer) for the adapter layers whose parameters hold an adapter right now."""
+    return [(n, m) for n, m in lora_layers(model) if _active_name(m) is not None]
+
+
+def adapter_config(model: Module) -> dict:
+    """The active adapter's configuration, as written to ``adapter_config.json``."""
+    layers = _installed_layers(model)
+    if not layers:
+        raise AdapterError("the model has no LoRA adapter: call inject_lora(model, ...) first")
+    per_layer = {n: _layer_config(m) for n, m in layers}
+    first = next(iter(per_layer.values()))
+    common = {k: first[k] for k in ("r", "alpha", "use_rslora") if all(c[k] == first[k] for c in per_layer.values())}
+    return {
+        "format": FORMAT, "version": VERSION, "adapter_name": active_adapter(model),
+        **common, "targets": list(per_layer), "layers": per_layer,
+    }
+
+
+def adapter_state(model: Module) -> dict:
+    """``{"layers.0.A": array, ...}``: NumPy copies of the active adapter's parameters."""
+    return {f"{n}.{k}": to_numpy(m.params[k]).copy() for n, m in _installed_layers(model) for k in ADAPTER_KEYS if k in m.params}
+
+
+# ---------------------------------------------------------------------------------------
+# files
+
+
+def save_adapter(model: Module, directory, *, adapter=None) -> dict:
+    """Write the active adapter (or the named one) to ``directory``: weights and config.
+
+    Returns ``{"config": path, "weights": path}``.  A merged adapter cannot be saved (its
+    update is inside W): unmerge it first.
+    """
+    with _temporarily_active(model, adapter):
+        merged = [n for n, m in _installed_layers(model) if m.merged]
+        if merged:
+            raise AdapterError(f"cannot save merged adapters {merged}: call unmerge_all(model) first")
+        config, state = adapter_config(model), adapter_state(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"config": directory / CONFIG_FILE, "weights": directory / WEIGHTS_FILE}
+    np.savez(paths["weights"], **state)
+    paths["config"].write_text(json.dumps(config, indent=2) + "\n")
+    return paths
+
+
+def _read_config(directory) -> dict:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: expected a folder written by save_adapter")
+    config = json.loads(path.read_text())
+    if config.get("format") != FORMAT:
+        raise AdapterError(f"{path} is not a lora_np adapter config (format {config.get('format')!r}, expected {FORMAT!r})")
+    if config.get("version") != VERSION:
+        raise AdapterError(f"{path} has version {config.get('version')!r}; this lora_np reads version {VERSION}")
+    return config
+
+
+def load_adapter(model: Module, directory) -> list:
+    """Copy a saved adapter into the model's matching LoRA layers, bit for bit.
+
+    Every check runs before anything is written, so on any error the model is unchanged:
+    each saved layer must exist in the model as a LoRA layer with the same kind, shape, r,
+    alpha, scaling rule, variant (DoRA, init, quantize) and dtype, and the model must have no
+    active adapter layer the file lacks.  Returns the names of the layers loaded.
+    """
+    config = _read_config(directory)
+    with np.load(Path(directory) / WEIGHTS_FILE, allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    installed = dict(_installed_layers(model))
+    plan = []
+    for name, saved in config["layers"].items():
+        try:
+            layer = model.get_submodule(name)
+        except KeyError:
+            raise AdapterError(f"the adapter targets {name!r}, which the model does not have") from None
+        if not isinstance(layer, (LoRALinear, LoRAEmbedding)) or name not in installed:
+            raise AdapterError(
+                f"the adapter targets {name!r}, which has no active LoRA adapter in the model "
+                f"({type(layer).__name__}): inject LoRA there first, e.g. inject_lora(model, r={saved['r']}, "
+                f"alpha={saved['alpha']}, targets={config['targets']})"
+            )
+        if layer.merged:
+            raise AdapterError(f"{name} is merged: call unmerge_all(model) before loading an adapter")
+        have = _layer_config(layer)
+        for key, value in saved.items():
+            if key in ("dropout", "dora_detach_norm"):  # training-time choices: not part of the function
+                continue
+            if have.get(key) != value:
+                raise AdapterError(f"{name}: the file has {key}={value!r} but the model's layer has {key}={have.get(key)!r}")
+        for key in ADAPTER_KEYS:
+            if key not in layer.params:
+                continue
+            full = f"{name}.{key}"
+            if full not in arrays:
+                raise AdapterError(f"the file has no array {full!r}")
+            arr, param = arrays[full], layer.params[key]
+            if arr.shape != tuple(param.shape) or arr.dtype != param.dtype:
+                raise AdapterError(f"{full}: the file holds {arr.dtype}{arr.shape}, the model {param.dtype}{tuple(param.shape)}")
+            plan.append((layer, key, arr))
+    extra = sorted(set(installed) - set(config["layers"]))
+    if extra:
+        raise AdapterError(f"the model has adapters on {extra} that the file does not have (targets {config['targets']})")
+    for layer, key, arr in plan:  # nothing has failed: write
+        layer.params[key][...] = get_xp(layer.device).asarray(arr)
+    return list(config["layers"])
+
+
+# ---------------------------------------------------------------------------------------
+# PEFT layout
+
+
+def write_safetensors(path, tensors: dict, metadata=None) -> None:
+    """Write NumPy arrays in the safetensors format: an 8-byte little-endian header length,
+    a JSON header (dtype, shape, byte offsets per tensor), then the raw little-endian bytes."""
+    codes = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
+    header, offset, blobs = {}, 0, []
+    for name in sorted(tensors):
+        arr = np.ascontiguousarray(to_numpy(tensors[name]))
+        if arr.dtype not in codes:
+            raise TypeError(f"{name}: safetensors export supports float16/32/64, got {arr.dtype}")
+        data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": codes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    header["__metadata__"] = dict(metadata or {"format": "pt"})
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * ((-len(text)) % 8)  # align the data to 8 bytes
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for data in blobs:
+            f.write(data)
+
+
+def read_safetensors(path) -> dict:
+    """Read a safetensors file written by ``write_safetensors`` (float tensors) into NumPy arrays."""
+    dtypes = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        begin, end = info["data_offsets"]
+        out[name] = np.frombuffer(data[begin:end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
+    return out
+
+
+def peft_state(model: Module, prefix="base_model.model.") -> dict:
+    """The active adapter under PEFT's names and shapes (torch weights are (out, in)):
+
+        {prefix}{name}.lora_A.weight = A.T  (r, d_in)     {prefix}{name}.lora_B.weight = B.T  (d_out, r)
+        {prefix}{name}.lora_magnitude_vector = m (d_out,)                               (DoRA)
+        {prefix}{name}.lora_embedding_A = A.T (r, V)      {prefix}{name}.lora_embedding_B = B.T (C, r)
+    """
+    out = {}
+    for name, layer in _installed_layers(model):
+        if getattr(layer, "init", "gaussian") == "pissa":
+            raise AdapterError(
+                f"{name} uses init='pissa': its base weight is the residual W - s*A@B, which a PEFT "
+                "checkpoint of the original base cannot express; merge it or save it with save_adapter"
+            )
+        A, B = to_numpy(layer.A), to_numpy(layer.B)
+        if isinstance(layer, LoRAEmbedding):
+            out[f"{prefix}{name}.lora_embedding_A"] = A.T.copy()
+            out[f"{prefix}{name}.lora_embedding_B"] = B.T.copy()
+            continue
+        out[f"{prefix}{name}.lora_A.weight"] = A.T.copy()
+        out[f"{prefix}{name}.lora_B.weight"] = B.T.copy()
+        if layer.use_dora:
+            out[f"{prefix}{name}.lora_magnitude_vector"] = to_numpy(layer.params["m"]).copy()
+    return out
+
+
+def peft_config(model: Module) -> dict:
+    """``adapter_config.json`` for PEFT: r, lora_alpha, target_modules, use_rslora, use_dora, ...
+
+    Layers whose r or alpha differ from the first one go to ``rank_pattern`` / ``alpha_pattern``.
+    """
+    layers = _installed_layers(model)
+    if not layers:
+        raise AdapterError("the model has no LoRA adapter: call inject_lora(model, ...) first")
+    r, alpha = layers[0][1].r, layers[0][1].alpha
+    use_rslora = layers[0][1].use_rslora
+    if any(m.use_rslora != use_rslora for _, m in layers):
+        raise AdapterError("PEFT has one use_rslora per adapter; the layers mix alpha/r and alpha/sqrt(r)")
+    linear = [m for _, m in layers if isinstance(m, LoRALinear)]
+    use_dora = any(m.use_dora for m in linear)
+    if linear and any(m.use_dora != use_dora for m in linear):
+        raise AdapterError("PEFT has one use_dora per adapter; the layers mix DoRA and plain LoRA")
+    return {
+        "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
+        "r": r, "lora_alpha": alpha, "target_modules": [n for n, _ in layers], "use_rslora": use_rslora,
+        "use_dora": use_dora, "lora_dropout": max([getattr(m, "dropout", 0.0) for _, m in layers]),
+        "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None,
+        "rank_pattern": {n: m.r for n, m in layers if m.r != r},
+        "alpha_pattern": {n: m.alpha for n, m in layers if m.alpha != alpha},
+    }
+
+
+def export_peft(model: Module, directory, *, adapter=None, prefix="base_model.model.") -> dict:
+    """Write the active (or named) adapter as a PEFT LoRA checkpoint: ``adapter_model.safetensors``
+    and ``adapter_config.json``.  ``PeftModel.from_pretrained(torch_model, directory)`` loads it
+    onto a torch model whose module names match this model's (``layers.0``, ``blocks.0.attn.q``)."""
+    with _temporarily_active(model, adapter):
+        if any(m.merged for _, m in _installed_layers(model)):
+            raise AdapterError("cannot export a merged adapter: call unmerge_all(model) first")
+        config, state = peft_config(model), peft_state(model, prefix)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"config": directory / CONFIG_FILE, "weights": directory / PEFT_WEIGHTS_FILE}
+    write_safetensors(paths["weights"], state)
+    paths["config"].write_text(json.dumps(config, indent=2) + "\n")
+    return paths
+
+
+# ---------------------------------------------------------------------------------------
+# several named adapters on one base
+#
+# Each adapter layer keeps its adapters in ``layer.adapter_slots`` (name -> config and
+# arrays); the one named ``layer.active_adapter`` is the one in ``layer.params``.  A layer
+# that lacks the model's active adapter holds none and computes its base layer only.
+
+
+def _active_name(layer):
+    return layer.__dict__.get("active_adapter", DEFAULT_ADAPTER)
+
+
+def _slots(layer) -> dict:
+    return layer.__dict__.setdefault("adapter_slots", {})
+
+
+def _attrs(layer):
+    return ("r", "alpha", "use_rslora", "scaling") if isinstance(layer, LoRAEmbedding) else _LINEAR_ATTRS
+
+
+def _stash(layer) -> None:
+    """Record the installed adapter in the layer's slots (the same arrays, no copy)."""
+    name = _active_name(layer)
+    if name is not None:
+        _slots(layer)[name] = {
+            "config": {a: getattr(layer, a) for a in _attrs(layer)},
+            "params": {k: layer.params[k] for k in ADAPTER_KEYS if k in layer.params},
+        }
+
+
+def _uninstall(layer) -> None:
+    _stash(layer)
+    for k in ADAPTER_KEYS:
+        layer.params.pop(k, None)
+    layer.active_adapter = None
+    layer.disabled = True
+    layer.frozen = layer._always_frozen()
+
+
+def _install(layer, name) -> None:
+    slot = _slots(layer)[name]
+    for a, v in slot["config"].items():
+        setattr(layer, a, v)
+    layer.params.update(slot["params"])
+    layer.active_adapter = name
+    layer.disabled = False
+    layer.frozen = layer._always_frozen()
+
+
+def active_adapter(model: Module):
+    """The name of the model's active adapter (None when it has none)."""
+    return model.__dict__.get("active_adapter_name", DEFAULT_ADAPTER if lora_layers(model) else None)
+
+
+def list_adapters(model: Module) -> list:
+    """Every adapter name on the model, sorted."""
+    names = set()
+    for _, layer in lora_layers(model):
+        names |= set(_slots(layer))
+        if _active_name(layer) is not None:
+            names.add(_active_name(layer))
+    return sorted(names)
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"an adapter name must be a non-empty string of letters, digits, '_' or '-', got {name!r}")
+    return name
+
+
+def _refuse_merged(model, what):
+    merged = [n for n, m in lora_layers(model) if m.merged]
+    if merged:
+        raise RuntimeError(f"{what} while adapters are merged into {merged}: call unmerge_all(model) first")
+
+
+def add_adapter(
+    model: Module, name, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=False, dropout=0.0,
+    use_dora=False, dora_detach_norm=False, rng=None,
+) -> list:
+    """Add a new adapter called ``name`` on the layers matching ``targets`` (plain ``Linear``
+    layers are wrapped first).  The active adapter does not change (as in PEFT), unless the
+    model had none.  Returns the layer names.  Embedding adapters come from inject_lora_embedding.
+    """
+    _check_name(name)
+    if name in list_adapters(model):
+        raise ValueError(f"the model already has an adapter named {name!r}; adapters: {list_adapters(model)}")
+    _refuse_merged(model, "add_adapter()")
+    r = check_positive_int(r, "r")
+    alpha = check_positive_number(alpha, "alpha")
+    for flag, value in (("use_rslora", use_rslora), ("use_dora", use_dora), ("dora_detach_norm", dora_detach_norm)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
+    if dora_detach_norm and not use_dora:
+        raise ValueError("dora_detach_norm=True only applies to DoRA: pass use_dora=True as well")
+    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, (Linear, LoRALinear))]
+    chosen = [(n, m) for n, m in candidates if any(_matches(n, t) for t in targets)]
+    unmatched = [t for t in targets if not any(_matches(n, t) for n, _ in candidates)]
+    if not targets or unmatched:
+        raise ValueError(f"no Linear layer matches target(s) {unmatched or targets}; the model's are {[n for n, _ in candidates]}")
+    pissa = [n for n, m in chosen if isinstance(m, LoRALinear) and m.init == "pissa"]
+    if pissa:
+        raise ValueError(f"{pissa} use init='pissa' (the base W is a residual of that adapter): they cannot hold a second adapter")
+    current = active_adapter(model)
+    config = dict(r=r, alpha=alpha, use_rslora=use_rslora, dropout=float(dropout), use_dora=use_dora,
+                  dora_detach_norm=dora_detach_norm, scaling=scaling_rule(alpha, r, "rslora" if use_rslora else "lora"))
+    if not 0.0 <= config["dropout"] < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+    rng = as_generator(rng)
+    for n, layer in chosen:
+        if isinstance(layer, Linear):
+            layer = LoRALinear.from_linear(layer, r, alpha, use_rslora=use_rslora, dropout=dropout,
+                                           use_dora=use_dora, dora_detach_norm=dora_detach_norm, rng=rng)
+            model.set_submodule(n, layer)
+            layer.active_adapter = name
+        else:
+            previous = _active_name(layer)
+            _uninstall(layer)
+            for a, v in config.items():
+                setattr(layer, a, v)
+            layer._rng = rng
+            layer.reset_lora_parameters()  # A Gaussian, B = 0 (and m from the base) for the new adapter
+            layer.active_adapter, layer.disabled = name, False
+            if previous is not None:
+                _uninstall(layer)
+                _install(layer, previous)
+        _stash(layer)
+        if current is not None and current != name and _active_name(layer) == name:
+            _uninstall(layer)  # the model runs `current`: this layer has no such adapter
+    if current is None:
+        model.active_adapter_name = name
+    mark_only_lora_as_trainable(model)
+    _freeze_uninstalled(model)
+    return [n for n, _ in chosen]
+
+
+def _freeze_uninstalled(model):
+    for _, layer in lora_layers(model):
+        layer.frozen = layer._always_frozen() | set(layer.params) if _active_name(layer) is None else layer._always_frozen()
+
+
+def set_adapter(model: Module, name) -> None:
+    """Make ``name`` the active adapter: its layers compute with it (and train it), the other
+    adapter layers compute their base.  Build a new optimiser after switching (its state
+    belongs to the adapter it was made with)."""
+    if name not in list_adapters(model):
+        raise KeyError(f"no adapter named {name!r}; the model has {list_adapters(model)}")
+    _refuse_merged(model, "set_adapter()")
+    for _, layer in lora_layers(model):
+        _uninstall(layer)
+        if name in _slots(layer):
+            _install(layer, name)
+    model.active_adapter_name = name
+    mark_only_lora_as_trainable(model)
+    _freeze_uninstalled(model)
+
+
+def delete_adapter(model: Module, name) -> None:
+    """Remove an adapter that is not the active one."""
+    if name not in list_adapters(model):
+        raise KeyError(f"no adapter named {name!r}; the model has {list_adapters(model)}")
+    if name == active_adapter(model):
+        raise ValueError(f"{name!r} is the active adapter: set_adapter(model, other) before deleting it")
+    for _, layer in lora_layers(model):
+        _slots(layer).pop(name, None)
+
+
+def disable_adapters(model: Module) -> None:
+    """Every adapter layer computes its base layer (the adapters are kept)."""
+    for _, layer in lora_layers(model):
+        layer.disabled = True
+
+
+def enable_adapters(model: Module) -> None:
+    """Undo ``disable_adapters``: layers holding the active adapter use it again."""
+    for _, layer in lora_layers(model):
+        layer.disabled = _active_name(layer) is None
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: Module):
+    """``with adapters_disabled(model): base = model(x)``: the base model's output, then back."""
+    disable_adapters(model)
+    try:
+        yield model
+    finally:
+        enable_adapters(model)
+
+
+def merge_adapter(model: Module, name) -> list:
+    """Activate ``name`` and fold it into the base weights (``unmerge_all`` takes it out again)."""
+    set_adapter(model, name)
+    layers = [(n, m) for n, m in lora_layers(model) if _active_name(m) == name]
+    for _, layer in layers:
+        layer.merge()
+    return [n for n, _ in layers]
+
+
+@contextlib.contextmanager
+def _temporarily_active(model, adapter):
+    if adapter is None or adapter == active_adapter(model):
+        yield
+        return
+    previous = active_adapter(model)
+    set_adapter(model, adapter)
+    try:
+        yield
+    finally:
+        set_adapter(model, previous)
+
+
+# ---------------------------------------------------------------------------------------
+# merging in low precision
+
+
+def merge_errors(W, A, B, scaling, dtype, x) -> dict:
+    """What merge()/unmerge() cost in ``dtype``, measured against float64.
+
+    W, A, B, x: float64 arrays; the layer is built in ``dtype`` from them.  Returns relative
+    errors (max |error| / max |exact|):
+        "merged_weight":   W + s A @ B as merge() stores it, vs the exact float64 sum
+        "merged_output":   the merged layer's output vs the unmerged layer's, both in dtype
+        "roundtrip_weight": W after merge() then unmerge(), vs W before (in dtype)
+    """
+    layer = LoRALinear(W.shape[0], W.shape[1], A.shape[1], 1.0, bias=False, dtype=dtype)
+    layer.scaling = float(scaling)
+    dt = np.dtype(dtype)
+    layer.params.update(W=W.astype(dt), A=A.astype(dt), B=B.astype(dt))
+    xd = x.astype(dt)
+    exact = W + scaling * (A @ B)
+    unmerged_out = layer(xd).astype(np.float64)
+    W_before = layer.W.astype(np.float64)
+    layer.merge()
+    merged_weight = layer.W.astype(np.float64)
+    merged_out = layer(xd).astype(np.float64)
+    layer.unmerge()
+
+    def rel(a, b):
+        return float(np.abs(a - b).max() / np.abs(b).max())
+
+    return {
+        "merged_weight": rel(merged_weight, exact),
+        "merged_output": rel(merged_out, unmerged_out),
+        "roundtrip_weight": rel(layer.W.astype(np.float64), W_before),
+    }
