@@ -1,0 +1,90 @@
+"""The benchmark's quick mode runs end to end (tiny sizes, one round); no timing is asserted."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUN_PY = os.path.join(HERE, os.pardir, "benchmarks", "run.py")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("lora_np_benchmarks_run", RUN_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick(bench, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = bench.run(quick=True, out_dir=str(out), log=lambda *_: None)
+    with open(out / "benchmarks.json") as f:
+        saved = json.load(f)
+    return bench, res, saved, out
+
+
+def test_quick_mode_writes_every_section(quick):
+    bench, res, saved, out = quick
+    for key in ("mode", "config", "machine", "lora_vs_full", "lora_vs_products", "growth", "models",
+                "inference", "memory", "torch", "gpu", "targets", "plots"):
+        assert key in saved, key
+    assert saved["mode"] == "quick"
+    for key in ("cpu", "logical_cores", "numpy", "blas", "python"):
+        assert key in saved["machine"], key
+    c = saved["config"]
+    assert set(saved["lora_vs_full"]["by_r"]) == {str(r) for r in c["rs"]}
+    assert set(saved["lora_vs_full"]["by_d"]) == {str(d) for d in c["ds"]}
+    assert set(saved["lora_vs_products"]["fast"]) == {str(r) for r in c["overhead_rs"]}
+    assert set(saved["models"]) == {"mlp", "transformer"}
+    for rt in [*saved["lora_vs_full"]["by_r"].values(), saved["inference"]["merged_vs_base"]]:
+        assert rt["ratio"] > 0 and rt["round_min"] <= rt["ratio"] <= rt["round_max"]
+    assert all(row["met"] is None for row in saved["targets"])  # quick sizes are not judged
+    assert sorted(saved["plots"]) == sorted(res["plots"])
+    assert len(saved["plots"]) == 4
+    for name in saved["plots"]:
+        assert (out / name).stat().st_size > 0
+
+
+def test_quick_mode_memory_counts_are_exact(quick):
+    _, _, saved, _ = quick
+    layer = saved["memory"]["layer"]
+    d = layer["d"]
+    assert layer["full_adamw_state_bytes"] == 2 * 4 * d * d
+    for row in layer["by_r"]:
+        assert row["trainable"] == row["r"] * (d + d)
+        assert row["adamw_state_bytes"] == 2 * 4 * row["trainable"]
+    for row in saved["memory"]["peak_traced"]["rows"]:
+        assert row["lora"] < row["d_in_x_d_out_bytes"] < row["full"]
+
+
+def test_optional_sections_say_why_they_are_skipped(quick):
+    _, _, saved, _ = quick
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        assert "not installed" in saved["torch"]["skipped"]
+    else:
+        assert saved["torch"]["rows"]
+    from lora_np.backend import gpu_available
+
+    if not gpu_available():
+        assert "GPU" in saved["gpu"]["skipped"]
+
+
+def test_report_prints_each_section(quick):
+    bench, res, _, _ = quick
+    text = bench.report(res)
+    for head in ("machine:", "\n1. ", "\n2. ", "\n3. ", "\n4. ", "\n5. ", "\n6. ", "\n7. "):
+        assert head in text, head
+
+
+def test_command_line_quick(bench, tmp_path, capsys):
+    assert bench.main(["--quick", "--no-plots", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "targets:" in printed and "not judged" in printed
+    assert (tmp_path / "benchmarks.json").exists()
+    assert not list(tmp_path.glob("*.png"))
