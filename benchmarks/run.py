@@ -155,6 +155,18 @@ def layer_cases(d, n, lora_rs, reference_rs=(), device="cpu", floor=True, full=T
             dy @ W.T
 
         cases["x@W + dy@W.T"] = products
+    for r in reference_rs:  # the adapter's six thin products alone: where its time goes
+        A, B = base.W[:, :r].copy(), base.W[:r, :].copy()
+
+        def adapter(A=A, B=B):
+            h = x @ A  # [n, d] @ [d, r]
+            h @ B
+            dh = dy @ B.T
+            h.T @ dy
+            x.T @ dh
+            dh @ A.T
+
+        cases[f"adapter products r={r}"] = adapter
     if full:  # last: its optimizer changes base.W, which the LoRA layers copied already
         cases["full"] = _train_step(base, AdamW(base, lr=LR), x, dy)
     return cases
@@ -220,6 +232,7 @@ def section_layers(c, log):
         "fast": {str(rr): ratio(raw, f"lora r={rr}", "x@W + dy@W.T") for rr in c["overhead_rs"]},
         "reference": {str(rr): ratio(raw, f"lora reference r={rr}", "x@W + dy@W.T") for rr in c["overhead_rs"]},
         "fast_vs_reference": {str(rr): ratio(raw, f"lora r={rr}", f"lora reference r={rr}") for rr in c["overhead_rs"]},
+        "adapter_products": {str(rr): ratio(raw, f"adapter products r={rr}", "x@W + dy@W.T") for rr in c["overhead_rs"]},
         "flop_overhead": {str(rr): 3.0 * rr / d for rr in c["overhead_rs"]},  # 12 n d r / (4 n d^2)
         "target": TARGETS["lora_vs_products"],
     }
@@ -329,12 +342,16 @@ def section_memory(c, log):
 
 
 def section_torch(c, log):
+    # OpenMP threads that spin while idle would steal the cores from NumPy's BLAS threads
+    # between interleaved cases (and the other way round); must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
     except ImportError:
         return {"skipped": "PyTorch is not installed; `pip install torch` (CPU build) to compare with autograd"}
     threads = _blas_threads() or os.cpu_count()
     torch.set_num_threads(threads)
+    rel = lora_np.gradcheck.rel_error
     rows = []
     for d in c["torch_ds"]:
         n, r = c["n"], c["r_main"]
@@ -350,6 +367,13 @@ def section_torch(c, log):
         tB = torch.nn.Parameter(torch.from_numpy(lora.B.copy()))
         topt = torch.optim.AdamW([tA, tB], lr=LR, weight_decay=0.0)
         s = lora.scaling
+        # the same numbers first: one backward on each side, from the same start
+        lora(x)
+        dx = lora.backward(dy)
+        (tx @ tW + s * ((tx @ tA) @ tB)).backward(tdy)
+        agree = {"dx": rel(dx, tx.grad.numpy()), "dA": rel(lora.grads["A"], tA.grad.numpy()),
+                 "dB": rel(lora.grads["B"], tB.grad.numpy())}
+        assert max(agree.values()) < 1e-4, agree  # float32 vs float32: rounding only
 
         def torch_lora():
             tx.grad = None
@@ -373,9 +397,10 @@ def section_torch(c, log):
         cases["torch full"] = torch_full
         log(f"  torch d={d}: 4 cases x {c['repeats']} rounds")
         times = interleaved(cases, c["repeats"])
-        rows.append({"d": d, "n": n, "r": r, "times": {k: stats(v) for k, v in times.items()},
+        rows.append({"d": d, "n": n, "r": r, "times": {k: stats(v) for k, v in times.items()}, "gradients_rel_diff": agree,
                      "lora": ratio(times, "numpy lora", "torch lora"), "full": ratio(times, "numpy full", "torch full")})
-    return {"torch": torch.__version__, "threads": threads, "rows": rows, "target": TARGETS["numpy_vs_torch"]}
+    return {"torch": torch.__version__, "threads": threads, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+            "rows": rows, "target": TARGETS["numpy_vs_torch"]}
 
 
 def section_gpu(c, log):
@@ -483,11 +508,12 @@ def report(res):
         L += _times_table(mm["times"])
     ov = res["lora_vs_products"]
     L.append(f"\n2. LoRA step / (x@W + dy@W.T), d={ov['config']['d']}, n={ov['config']['n']} (target <= {ov['target']} for r <= 64)")
-    L.append(f"    {'r':<5} {'fast path':>24} {'reference path':>24} {'fast/reference':>24}  extra flops")
+    L.append(f"    {'r':<5} {'fast path':>24} {'reference path':>24} {'fast/reference':>24}  extra flops  "
+             "adapter's 6 thin products alone / floor")
     for r in ov["fast"]:
         L.append(f"    {r:<5} {_fmt_ratio(ov['fast'][r]):>24} {_fmt_ratio(ov['reference'][r]):>24} "
-                 f"{_fmt_ratio(ov['fast_vs_reference'][r]):>24}  +{100 * ov['flop_overhead'][r]:.1f}%"
-                 f"  fast: {_verdict(ov['fast'][r]['ratio'], ov['target'], res['mode'])}")
+                 f"{_fmt_ratio(ov['fast_vs_reference'][r]):>24}  +{100 * ov['flop_overhead'][r]:4.1f}%       "
+                 f"{ov['adapter_products'][r]['ratio']:.3f}   fast: {_verdict(ov['fast'][r]['ratio'], ov['target'], res['mode'])}")
     d_main = str(res["config"]["d_main"])
     L.append(f"   step times at d={d_main}:")
     L += _times_table(res["growth"][d_main])
@@ -515,7 +541,9 @@ def report(res):
     L.append("\n5. NumPy vs PyTorch autograd (CPU): " + (t["skipped"] if "skipped" in t else f"torch {t['torch']}, {t['threads']} threads"))
     for row in t.get("rows", []):
         L.append(f"    d={row['d']}: LoRA numpy/torch {_fmt_ratio(row['lora'])}, full numpy/torch {_fmt_ratio(row['full'])}"
-                 f"  (target <= {t['target']}: {_verdict(row['lora']['ratio'], t['target'], res['mode'])})")
+                 f"  (target <= {t['target']}: {_verdict(row['lora']['ratio'], t['target'], res['mode'])}); "
+                 f"gradients agree to {max(row['gradients_rel_diff'].values()):.1e}")
+        L += _times_table(row["times"])
     g = res["gpu"]
     L.append("\n6. CuPy vs NumPy: " + (g["skipped"] if "skipped" in g else f"{g['gpu']}, cupy {g['cupy']}"))
     for row in g.get("rows", []):
@@ -615,8 +643,18 @@ def _save(fig, out_dir, name):
 # ----------------------------------------------------------------------------------------
 
 
-def run(quick=False, out_dir=None, repeats=None, make_plots=True, log=print):
-    """Run every section; write ``benchmarks.json`` (and PNGs) to ``out_dir``; return the results."""
+def run(quick=False, out_dir=None, repeats=None, make_plots=True, log=print, threads=None):
+    """Run every section; write ``benchmarks.json`` (and PNGs) to ``out_dir``; return the results.
+
+    ``threads``: limit NumPy's BLAS to this many threads (needs threadpoolctl); default: as configured.
+    """
+    if threads is not None:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError as err:
+            raise RuntimeError("threads= needs threadpoolctl (`pip install threadpoolctl`)") from err
+        with threadpool_limits(limits=int(threads), user_api="blas"):
+            return run(quick, out_dir, repeats, make_plots, log)
     mode = "quick" if quick else "full"
     c = dict(CONFIGS[mode])
     if repeats is not None:
@@ -672,8 +710,9 @@ def main(argv=None):
     p.add_argument("--out", default=None, help=f"output folder (default {os.path.relpath(DEFAULT_OUT)}; a temporary folder with --quick)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per group (default 5, quick 1)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--threads", type=int, default=None, help="limit NumPy's BLAS threads (needs threadpoolctl)")
     args = p.parse_args(argv)
-    res = run(quick=args.quick, out_dir=args.out, repeats=args.repeats, make_plots=not args.no_plots)
+    res = run(quick=args.quick, out_dir=args.out, repeats=args.repeats, make_plots=not args.no_plots, threads=args.threads)
     print()
     print(report(res))
     print("\ntargets:")
