@@ -101,7 +101,8 @@ def ratio(times, a, b):
     per_round = [x / y for x, y in zip(times[a], times[b])]
     return {
         "ratio": statistics.median(times[a]) / statistics.median(times[b]),
-        "round_min": min(per_round), "round_max": max(per_round), "of": a, "to": b,
+        "round_min": min(per_round), "round_max": max(per_round), "round_median": statistics.median(per_round),
+        "of": a, "to": b,
     }
 
 
@@ -134,8 +135,9 @@ def _like(ref, values):
     return lora_np.backend.get_array_module(ref).asarray(np.asarray(values, dtype=ref.dtype))
 
 
-def layer_cases(d, n, lora_rs, reference_rs=(), device="cpu", floor=True, full=True):
-    """Steps for one d x d layer (no bias) on n rows: full fine-tuning, LoRA at each r, the floor."""
+def layer_cases(d, n, lora_rs, overhead_rs=(), device="cpu", floor=True, full=True):
+    """Steps for one d x d layer (no bias) on n rows: full fine-tuning, LoRA at each r, the floor;
+    at each of ``overhead_rs`` also the reference LoRA path and the adapter's products alone."""
     rng = np.random.default_rng(d)
     xp = lora_np.get_xp(device)
     x, dy = _arrays(rng, xp, (n, d), (n, d))
@@ -144,7 +146,7 @@ def layer_cases(d, n, lora_rs, reference_rs=(), device="cpu", floor=True, full=T
     for r in lora_rs:
         layer = _lora_from(base, r, rng, fast=True)
         cases[f"lora r={r}"] = _train_step(layer, AdamW(layer, lr=LR), x, dy)
-    for r in reference_rs:
+    for r in overhead_rs:
         layer = _lora_from(base, r, rng, fast=False)
         cases[f"lora reference r={r}"] = _train_step(layer, AdamW(layer, lr=LR), x, dy)
     if floor:
@@ -155,7 +157,7 @@ def layer_cases(d, n, lora_rs, reference_rs=(), device="cpu", floor=True, full=T
             dy @ W.T
 
         cases["x@W + dy@W.T"] = products
-    for r in reference_rs:  # the adapter's six thin products alone: where its time goes
+    for r in overhead_rs:  # the adapter's six thin products alone: where its time goes
         A, B = base.W[:, :r].copy(), base.W[:r, :].copy()
 
         def adapter(A=A, B=B):
