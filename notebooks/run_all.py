@@ -23,6 +23,10 @@ def strip_volatile(nb) -> None:
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
         cell.metadata.pop("ExecuteTime", None)
+        # a slider's saved view is a fresh random model_id every run and shows nothing
+        # without a live kernel: keep its plain-text stand-in, drop the view
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
     nb.metadata.pop("widgets", None)
     lang = nb.metadata.get("language_info", {})
     nb.metadata["language_info"] = {"name": lang.get("name", "python")}
