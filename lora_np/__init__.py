@@ -3,7 +3,7 @@
     y = x @ W + b + s * (x @ A) @ B,   W (d_in, d_out) frozen, A (d_in, r), B (r, d_out), s = alpha / r
 """
 
-from . import backend, functional, gradcheck, lora, lowrank, optim, quant
+from . import adapters, backend, functional, gradcheck, lora, lowrank, optim, quant
 from .backend import get_xp, to_device, to_numpy
 from .layers import GELU, Dropout, Embedding, LayerNorm, Linear, LoRAEmbedding, LoRALinear, Module, ReLU
 from .lora import inject_lora, inject_lora_embedding, loraplus_param_groups, merge_all, summary, unmerge_all
@@ -13,7 +13,7 @@ from .optim import SGD, AdamW
 __version__ = "0.1.0"
 
 __all__ = [
-    "AdamW", "Dropout", "Embedding", "GELU", "LayerNorm", "Linear", "LoRAEmbedding", "LoRALinear", "MLP", "Module",
+    "AdamW", "adapters", "Dropout", "Embedding", "GELU", "LayerNorm", "Linear", "LoRAEmbedding", "LoRALinear", "MLP", "Module",
     "MultiHeadSelfAttention", "ReLU", "SGD", "TransformerBlock", "TransformerConfig", "TransformerLM",
     "backend", "functional", "get_xp", "gradcheck", "inject_lora", "inject_lora_embedding", "lora", "loraplus_param_groups", "lowrank", "merge_all",
     "optim", "quant", "summary", "to_device", "to_numpy", "unmerge_all",

@@ -190,10 +190,11 @@ def test_safetensors_file_reads_with_the_reference_library(tmp_path):
         np.testing.assert_array_equal(ours[k], theirs[k])
 
 
-def test_peft_loads_the_export_and_agrees(tmp_path):
+@pytest.mark.parametrize("kw", [{}, {"use_rslora": True}, {"use_dora": True}])
+def test_peft_loads_the_export_and_agrees(tmp_path, kw):
     torch = pytest.importorskip("torch")
     peft = pytest.importorskip("peft")
-    model = lora_mlp(sizes=(8, 16, 4), dtype=np.float64)
+    model = lora_mlp(sizes=(8, 16, 4), r=3, alpha=5.0, dtype=np.float64, **kw)
     randomize_adapters(model)
     ad.export_peft(model, tmp_path)
 
@@ -216,6 +217,34 @@ def test_peft_loads_the_export_and_agrees(tmp_path):
     with torch.no_grad():
         theirs = peft_model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(theirs, model(x), rtol=1e-10, atol=1e-12)
+
+
+def test_peft_loads_an_embedding_adapter_and_agrees(tmp_path):
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    emb = ln.Embedding(11, 6, dtype=np.float64, rng=0)
+    holder = ln.MLP([6, 6], dtype=np.float64, rng=0)  # any module with an Embedding attribute
+    holder.tok_emb = emb
+    ln.inject_lora_embedding(holder, 2, 4.0, rng=0)
+    randomize_adapters(holder)
+    ad.export_peft(holder, tmp_path)
+
+    class TorchHolder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tok_emb = torch.nn.Embedding(11, 6)
+
+        def forward(self, idx):
+            return self.tok_emb(idx)
+
+    base = TorchHolder().double()
+    with torch.no_grad():
+        base.tok_emb.weight.copy_(torch.from_numpy(emb.params["table"].copy()))
+    peft_model = peft.PeftModel.from_pretrained(base, str(tmp_path))
+    idx = np.array([[1, 2, 1, 10]])
+    with torch.no_grad():
+        theirs = peft_model(torch.from_numpy(idx)).numpy()
+    np.testing.assert_allclose(theirs, holder.tok_emb(idx), rtol=1e-10, atol=1e-12)
 
 
 # --- several adapters ------------------------------------------------------------------------
