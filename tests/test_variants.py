@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 
 import lora_np as ln
+from lora_np import backend
 from lora_np import functional as F
 from lora_np.gradcheck import DEFAULT_TOL, check_module, format_table, numerical_gradient, rel_error
+
+from .conftest import DEVICES
 
 F64 = dict(dtype=np.float64, rng=0)
 
@@ -246,3 +249,31 @@ def test_loraplus_bad_ratio():
     ln.inject_lora(model, 2, 4.0, targets="layers.*")
     with pytest.raises(ValueError, match="ratio"):
         ln.loraplus_param_groups(model, 1e-3, ratio=0)
+
+
+# --- the same variants on each backend (CuPy where a GPU is present) ------------------------
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("variant", [{"use_dora": True}, {"init": "pissa"}, {"quantize": "nf4"}, {"use_dora": True, "quantize": "nf4"}])
+def test_variants_match_cpu_on_device(device, variant):
+    rng = np.random.default_rng(0)
+    cpu = ln.LoRALinear(64, 32, 4, 8.0, rng=1, **variant)
+    dev = ln.LoRALinear(64, 32, 4, 8.0, rng=1, device=device, **variant)
+    B = rng.standard_normal(cpu.B.shape).astype(np.float32)
+    cpu.params["B"], dev.params["B"] = B, backend.to_device(B, device)
+    np.testing.assert_allclose(backend.to_numpy(dev.W), cpu.W, rtol=1e-5, atol=1e-6)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    dy = rng.standard_normal((5, 32)).astype(np.float32)
+    np.testing.assert_allclose(backend.to_numpy(dev(backend.to_device(x, device))), cpu(x), rtol=1e-4, atol=1e-4)
+    dx_dev = dev.backward(backend.to_device(dy, device))
+    np.testing.assert_allclose(backend.to_numpy(dx_dev), cpu.backward(dy), rtol=1e-4, atol=1e-4)
+    for key in cpu.grads:
+        np.testing.assert_allclose(backend.to_numpy(dev.grads[key]), cpu.grads[key], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_lora_embedding_gradcheck_on_device(device):
+    layer = ln.LoRAEmbedding(7, 5, 2, 4.0, dtype=np.float64, rng=0, device=device)
+    layer.params["A"] = backend.to_device(np.random.default_rng(1).standard_normal((7, 2)), device)
+    rows = check_module(layer, backend.to_device(np.array([[1, 2, 1], [6, 1, 0]]), device))
+    assert_rows_pass(rows)
