@@ -137,3 +137,19 @@ def test_qlora_bad_arguments():
         layer.merge()
     with pytest.raises(AttributeError, match="read-only"):
         layer.W = np.zeros((4, 3), np.float32)
+
+
+def test_pissa_on_nf4_quantizes_only_the_residual():
+    """QPiSSA: the top singular part stays in the float adapter, so quantizing the (smaller)
+    residual loses less than quantizing W itself when W has a dominant low-rank part."""
+    rng = np.random.default_rng(0)
+    base = ln.Linear(256, 64, dtype=np.float64, rng=0)
+    base.W[...] += 0.2 * rng.standard_normal((256, 4)) @ rng.standard_normal((4, 64))
+    plain = ln.LoRALinear.from_linear(base, 4, 8.0, quantize="nf4")
+    pissa = ln.LoRALinear.from_linear(base, 4, 8.0, quantize="nf4", init="pissa")
+    assert pissa.qweight is not None and "W" not in pissa.params
+    x = rng.standard_normal((32, 256))
+    err_plain, err_pissa = relative_mse(base(x), plain(x)), relative_mse(base(x), pissa(x))
+    assert err_pissa < 0.1 * err_plain
+    with pytest.raises(RuntimeError, match="re-quantize"):
+        pissa.reset_lora_parameters()
