@@ -26,7 +26,23 @@ def _matches(name: str, target: str) -> bool:
 
 def linear_names(model: Module) -> list:
     """Dotted names of every plain ``Linear`` in the model (the candidates for LoRA)."""
-    return [n for n, m in model.named_modules() if isinstance(m, Linear)]
+    return [n for n, m in model.named_modules() if type(m) is Linear]
+
+
+def _select(model: Module, targets, kind) -> list:
+    """Names of the ``kind`` modules matching ``targets``; every target must match one."""
+    if isinstance(targets, str):
+        targets = (targets,)
+    targets = tuple(targets)
+    if not targets:
+        raise ValueError(f"targets is empty: name at least one {kind.__name__} layer to adapt")
+    candidates = [n for n, m in model.named_modules() if type(m) is kind]
+    unmatched = [t for t in targets if not any(_matches(n, t) for n in candidates)]
+    if unmatched:
+        raise ValueError(
+            f"no {kind.__name__} layer matches target(s) {unmatched}; the model's {kind.__name__} layers are {candidates}"
+        )
+    return [n for n in candidates if any(_matches(n, t) for t in targets)]
 
 
 def inject_lora(model: Module, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=False, dropout=0.0, rng=None, **kwargs):
@@ -36,17 +52,8 @@ def inject_lora(model: Module, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=
     targets: names (``"q"``, ``"v"``), dotted paths or wildcards (``"layers.*"``, ``"*"``).
     Extra keyword arguments go to ``LoRALinear.from_linear``.  Returns the replaced names.
     """
-    if isinstance(targets, str):
-        targets = (targets,)
-    targets = tuple(targets)
-    if not targets:
-        raise ValueError("targets is empty: name at least one layer to adapt, e.g. ('q', 'v')")
+    chosen = _select(model, targets, Linear)
     rng = as_generator(rng)
-    candidates = linear_names(model)
-    chosen = [n for n in candidates if any(_matches(n, t) for t in targets)]
-    unmatched = [t for t in targets if not any(_matches(n, t) for n in candidates)]
-    if unmatched:
-        raise ValueError(f"no Linear layer matches target(s) {unmatched}; the model's Linear layers are {candidates}")
     for name in chosen:
         layer = model.get_submodule(name)
         model.set_submodule(
@@ -59,17 +66,8 @@ def inject_lora(model: Module, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=
 def inject_lora_embedding(model: Module, r, alpha, targets=("tok_emb",), *, use_rslora=False, rng=None) -> list:
     """Replace each ``Embedding`` named by ``targets`` with a ``LoRAEmbedding`` (A = 0, B normal),
     then freeze everything but the adapters.  Returns the replaced names."""
-    if isinstance(targets, str):
-        targets = (targets,)
-    targets = tuple(targets)
-    if not targets:
-        raise ValueError("targets is empty: name at least one Embedding to adapt, e.g. ('tok_emb',)")
+    chosen = _select(model, targets, Embedding)
     rng = as_generator(rng)
-    candidates = [n for n, m in model.named_modules() if isinstance(m, Embedding)]
-    unmatched = [t for t in targets if not any(_matches(n, t) for n in candidates)]
-    if unmatched:
-        raise ValueError(f"no Embedding layer matches target(s) {unmatched}; the model's Embedding layers are {candidates}")
-    chosen = [n for n in candidates if any(_matches(n, t) for t in targets)]
     for name in chosen:
         layer = model.get_submodule(name)
         model.set_submodule(name, LoRAEmbedding.from_embedding(layer, r, alpha, use_rslora=use_rslora, rng=rng))
