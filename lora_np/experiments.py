@@ -98,7 +98,8 @@ def _digits_finetune(r, seed, steps, lr, hidden=DIGITS_HIDDEN, rule="lora", alph
     split, X_train_rot, _ = _digits()
     model = pretrained_digits_mlp(hidden)
     if r:
-        inject_lora(model, r, 2.0 * r if alpha is None else alpha, "layers.*", use_rslora=rule == "rslora", rng=1000 + seed)
+        alpha = 2.0 * r if alpha is None else alpha
+        inject_lora(model, r, alpha, "layers.*", use_rslora=rule == "rslora", rng=1000 + seed)
     opt = AdamW(model, lr=lr) if optimizer == "adamw" else SGD(model, lr=lr)
     curve = [_digits_accuracies(model)]
 
@@ -106,7 +107,8 @@ def _digits_finetune(r, seed, steps, lr, hidden=DIGITS_HIDDEN, rule="lora", alph
         curve.append(_digits_accuracies(m))
         return curve[-1][0]
 
-    hist = fit(model, opt, batches(X_train_rot, split.y_train, 64, seed), steps, eval_fn=record, eval_every=25, progress=False)
+    data = batches(X_train_rot, split.y_train, 64, seed)
+    hist = fit(model, opt, data, steps, eval_fn=record, eval_every=25, progress=False)
     layers = {n: (np.array(m.W), np.array(m.A), np.array(m.B), m.scaling) for n, m in lora_layers(model)}
     return {
         "acc_new": curve[-1][0], "acc_old": curve[-1][1], "loss": tuple(hist.loss), "layers": layers,
@@ -263,7 +265,9 @@ def phi_grid(A1, A2, n1, n2) -> list:
     return (blocks / np.minimum(i, j)).tolist()
 
 
-def subspace_overlap(r_small=8, r_large=64, layer="layers.0", seeds=(0, 1, 2), scale=1.0, n_random=50) -> SubspaceOverlap:
+def subspace_overlap(
+    r_small=8, r_large=64, layer="layers.0", seeds=(0, 1, 2), scale=1.0, n_random=50
+) -> SubspaceOverlap:
     """LoRA paper, Section 7 (Eq. 4, Figure 3): phi(A_r8, A_r64, i, j) on the digits MLP.
 
     The default layer is the first one, whose input space is the 64 pixels (d_in = 64).
@@ -275,6 +279,8 @@ def subspace_overlap(r_small=8, r_large=64, layer="layers.0", seeds=(0, 1, 2), s
     its phi is about j / d_in (a random j-dimensional subspace holds that share of a fixed
     direction), near 0 only when j is small against d_in.
     """
+    if len(seeds) != 3:
+        raise ValueError(f"seeds must hold three seeds (r_small run, r_large run, second r_small run), got {seeds!r}")
     a_small = digits_lora_A(r_small, seeds[0], layer, scale)
     a_large = digits_lora_A(r_large, seeds[1], layer, scale)
     a_other = digits_lora_A(r_small, seeds[2], layer, scale)
@@ -322,7 +328,8 @@ def amplification(ranks=(4, 64), layer="layers.1", seed=0, scale=1.0, n_random=2
     rng = np.random.default_rng(seed)
     out = Amplification(layer, [], 0.0, [], [], [], [], [])
     for r in ranks:
-        W, A, B, s = (np.asarray(x, np.float64) if i < 3 else x for i, x in enumerate(_digits_finetune(r, seed, steps, 1e-2)["layers"][layer]))
+        W, A, B, s = _digits_finetune(r, seed, steps, 1e-2)["layers"][layer]
+        W, A, B = (np.asarray(x, np.float64) for x in (W, A, B))
         delta = s * (A @ B)  # [d_in, r] @ [r, d_out] -> [d_in, d_out]: analysis only, not training
         k = min(r, min(W.shape))
         U, _, Vt = np.linalg.svd(delta)
@@ -375,6 +382,8 @@ def planted_rank(true_rank=4, ranks=(1, 2, 3, 4, 5, 6, 8), d=32, n=256, seed=0, 
     ~0 from r* on, a knee at r*.
     """
     true_rank = check_positive_int(true_rank, "true_rank")
+    if true_rank > d:
+        raise ValueError(f"true_rank must be at most d={d}, got {true_rank}")
     rng = np.random.default_rng(seed)
     sigma = 2.0 * 0.8 ** np.arange(true_rank)
     U = np.linalg.qr(rng.standard_normal((d, true_rank)))[0]
@@ -432,11 +441,15 @@ def rslora_scaling(ranks=(1, 8, 64), alpha=4.0, steps=150, seed=0, scale=1.0, n_
                 inject_lora(model, r, alpha, "layers.*", use_rslora=rule == "rslora", rng=seed * 100 + k)
                 _, cache = F.softmax_cross_entropy_forward(model.forward(x), y)
                 model.backward(F.softmax_cross_entropy_backward(1.0, cache)["dlogits"])
-                norms.append(math.sqrt(sum(float((m.grads["B"].astype(np.float64) ** 2).sum()) for _, m in lora_layers(model))))
+                squares = [float((m.grads["B"].astype(np.float64) ** 2).sum()) for _, m in lora_layers(model)]
+                norms.append(math.sqrt(sum(squares)))
             gn[rule].append(float(np.mean(norms)))
     steps = _steps(steps, scale)
     # at r = 1 the two rules give the same s, hence the same run
-    runs = {rule: [_digits_finetune(r, seed, steps, lr, rule=rule if r > 1 else "lora", alpha=alpha) for r in ranks] for rule in gn}
+    runs = {
+        rule: [_digits_finetune(r, seed, steps, lr, rule=rule if r > 1 else "lora", alpha=alpha) for r in ranks]
+        for rule in gn
+    }
     return RsLoRA(
         ranks=list(ranks),
         alpha=alpha,
@@ -518,7 +531,10 @@ def pissa_vs_lora(r=4, d=32, n=256, factor=2.0, steps=60, seed=0, scale=1.0, lr=
     out = PiSSAvsLoRA(r, ["rescale top-r", "random rank-r"], float(np.linalg.norm(rescale)), [], [], [], [], 0.0)
     for update in (rescale, random_update):
         Y = (X @ (W0 + update)).astype(np.float32)
-        for init, losses, curves in (("pissa", out.loss_pissa, out.curves_pissa), ("lora", out.loss_lora, out.curves_lora)):
+        for init, losses, curves in (
+            ("pissa", out.loss_pissa, out.curves_pissa),
+            ("lora", out.loss_lora, out.curves_lora),
+        ):
             layer = LoRALinear(d, d, r, float(r), bias=False, rng=seed + 1)
             layer.params["W"][...] = W0
             if init == "pissa":
@@ -613,13 +629,18 @@ def _d_at_threshold(dims, accs, threshold):
     return float("nan")
 
 
-def intrinsic_dimension(widths=(16, 64), dims=(50, 100, 200, 400), steps=300, seed=0, scale=1.0, lr=0.1) -> IntrinsicDimension:
+def intrinsic_dimension(
+    widths=(16, 64), dims=(50, 100, 200, 400), steps=300, seed=0, scale=1.0, lr=0.1
+) -> IntrinsicDimension:
     """Li et al. 2018: train the digits MLP [64, w, 10] in a random d-dimensional subspace.
 
     d_int90 is the smallest d whose test accuracy reaches 90% of full training's (same steps,
     AdamW 3e-3), interpolated between the grid points on a log scale.  The paper finds it about
     the same for every width (MNIST, fully connected: about 750).
     """
+    dims = [check_positive_int(d, "each entry of dims") for d in dims]
+    if any(b <= a for a, b in zip(dims[:-1], dims[1:])):
+        raise ValueError(f"dims must be increasing, got {dims}")
     split = _digits()[0]
     steps = _steps(steps, scale)
     out = IntrinsicDimension(list(widths), [], list(dims), [], [], [])

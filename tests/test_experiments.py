@@ -211,3 +211,14 @@ def test_phi_grid_equals_subspace_similarity():
     grid = np.array(E.phi_grid(A1, A2, 4, 9))
     expected = [[ln.lowrank.subspace_similarity(A1, A2, i, j) for j in range(1, 10)] for i in range(1, 5)]
     np.testing.assert_allclose(grid, expected, atol=1e-12)
+
+
+def test_bad_arguments_say_what_was_expected():
+    with pytest.raises(ValueError, match="three seeds"):
+        E.subspace_overlap(seeds=(0, 1))
+    with pytest.raises(ValueError, match="increasing"):
+        E.intrinsic_dimension(dims=(100, 50))
+    with pytest.raises(ValueError, match="true_rank must be at most d=8"):
+        E.planted_rank(true_rank=9, d=8)
+    with pytest.raises(ValueError, match="each rank"):
+        E.rank_sweep(ranks=(0,))
