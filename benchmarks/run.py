@@ -235,6 +235,7 @@ def section_layers(c, log):
         "reference": {str(rr): ratio(raw, f"lora reference r={rr}", "x@W + dy@W.T") for rr in c["overhead_rs"]},
         "fast_vs_reference": {str(rr): ratio(raw, f"lora r={rr}", f"lora reference r={rr}") for rr in c["overhead_rs"]},
         "adapter_products": {str(rr): ratio(raw, f"adapter products r={rr}", "x@W + dy@W.T") for rr in c["overhead_rs"]},
+        "by_d": {str(dd): ratio(groups[dd]["raw"], f"lora r={r}", "x@W + dy@W.T") for dd in c["ds"]},  # at r_main
         "flop_overhead": {str(rr): 3.0 * rr / d for rr in c["overhead_rs"]},  # 12 n d r / (4 n d^2)
         "target": TARGETS["lora_vs_products"],
     }
@@ -516,6 +517,7 @@ def report(res):
         L.append(f"    {r:<5} {_fmt_ratio(ov['fast'][r]):>24} {_fmt_ratio(ov['reference'][r]):>24} "
                  f"{_fmt_ratio(ov['fast_vs_reference'][r]):>24}  +{100 * ov['flop_overhead'][r]:4.1f}%       "
                  f"{ov['adapter_products'][r]['ratio']:.3f}   fast: {_verdict(ov['fast'][r]['ratio'], ov['target'], res['mode'])}")
+    L.append(f"   by d at r={res['config']['r_main']} (fast path): " + ", ".join(f"d={d}: {rt['ratio']:.3f}" for d, rt in ov["by_d"].items()))
     d_main = str(res["config"]["d_main"])
     L.append(f"   step times at d={d_main}:")
     L += _times_table(res["growth"][d_main])
