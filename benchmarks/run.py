@@ -119,6 +119,7 @@ def _train_step(model, opt, x, dy):
         model(x)
         model.backward(dy)
         opt.step()
+    step.model, step.opt = model, opt
     return step
 
 
@@ -201,6 +202,7 @@ def transformer_cases(cfg, batch):
             model.backward(F.softmax_cross_entropy_backward(1.0, cache)["dlogits"])
             opt.step()
 
+        step.model, step.opt = model, opt
         cases[name] = step
     return cases
 
@@ -331,15 +333,15 @@ def section_memory(c, log):
             row[key] = _peak_traced_step(lora, AdamW(lora, lr=LR), xn, dyn)
         peaks.append(row)
     models = {}
-    for name, build, targets in (
-        ("mlp", lambda: MLP(c["mlp_sizes"], rng=0), "layers.*"),
-        ("transformer", lambda: TransformerLM(TransformerConfig(**c["transformer"]), rng=0), ("q", "v")),
-    ):
-        full, lora = build(), build()
-        inject_lora(lora, r=8, alpha=16, targets=targets, rng=1)
-        n_full, n_lora = full.num_parameters(True), lora.num_parameters(True)
-        models[name] = {"trainable_full": n_full, "trainable_lora": n_lora, "fraction": n_lora / n_full,
-                        "adamw_state_bytes_full": 8 * n_full, "adamw_state_bytes_lora": 8 * n_lora}
+    for name, cases in (("mlp", mlp_cases(c["mlp_sizes"], 8)), ("transformer", transformer_cases(c["transformer"], 1))):
+        row = {}
+        for kind, step in (("full", cases["full"]), ("lora", cases["lora r=8"])):
+            step()  # one small step creates the optimizer state
+            row[f"trainable_{kind}"] = step.model.num_parameters(trainable_only=True)
+            row[f"adamw_state_bytes_{kind}"] = _adamw_state_bytes(step.opt)
+            assert row[f"adamw_state_bytes_{kind}"] == 2 * 4 * row[f"trainable_{kind}"]  # two float32 moments each
+        row["fraction"] = row["trainable_lora"] / row["trainable_full"]
+        models[name] = row
     return {"layer": {"d": d, "full_trainable": d * d, "full_adamw_state_bytes": full_state, "by_r": layer_rows},
             "peak_traced": {"r": c["r_main"], "rows": peaks}, "models": models}
 
