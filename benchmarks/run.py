@@ -48,7 +48,7 @@ DEFAULT_OUT = os.path.join(HERE, "results")
 CONFIGS = {
     "full": dict(
         n=2048, ds=[512, 1024, 2048, 4096], d_main=2048, rs=[1, 4, 8, 16, 64, 256], r_main=8,
-        overhead_rs=[1, 8, 64], repeats=5, inference_repeats=15,
+        overhead_rs=[1, 8, 64], repeats=7, inference_repeats=21,
         mlp_sizes=[1024, 1024, 1024, 1024],
         transformer=dict(vocab_size=512, block_size=128, d_model=512, n_head=8, n_layer=2), batch=16,
         memory_ns=[256, 2048], torch_ds=[1024, 2048], gpu_ds=[1024, 2048, 4096],
@@ -625,7 +625,7 @@ def plots(res, out_dir):
     files.append(_save(fig, out_dir, "lora_vs_full_ratio.png"))
 
     rows = res["memory"]["peak_traced"]["rows"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     labels = [f"n={row['n']}" for row in rows]
     y = np.arange(len(rows))
     ax.barh(y + 0.2, [row["full"] / 2**20 for row in rows], height=0.4, label="full fine-tuning step")
@@ -633,7 +633,7 @@ def plots(res, out_dir):
     ax.axvline(rows[0]["d_in_x_d_out_bytes"] / 2**20, color="k", linestyle="--", label="one d_in x d_out array")
     ax.set_yticks(y, labels)
     ax.set(xlabel="peak traced MiB above baseline (tracemalloc)", title=f"Memory of one step, d={res['memory']['layer']['d']}")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3)
     fig.tight_layout()
     files.append(_save(fig, out_dir, "memory_peak.png"))
     plt.close("all")
@@ -642,7 +642,7 @@ def plots(res, out_dir):
 
 def _save(fig, out_dir, name):
     path = os.path.join(out_dir, name)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return name
 
 
@@ -714,7 +714,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round: checks that the benchmark runs (CI)")
     p.add_argument("--out", default=None, help=f"output folder (default {os.path.relpath(DEFAULT_OUT)}; a temporary folder with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per group (default 5, quick 1)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved rounds per group (default 7, 21 for inference; quick 1)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--threads", type=int, default=None, help="limit NumPy's BLAS threads (needs threadpoolctl)")
     args = p.parse_args(argv)
