@@ -473,6 +473,10 @@ def machine_info():
     return info
 
 
+def _loads(values):
+    return "n/a" if values is None else ", ".join(f"{v:.2f}" for v in values)
+
+
 def _ms(s):
     return f"{1e3 * s:9.2f}"
 
@@ -498,7 +502,9 @@ def report(res):
     """The terminal table: every median, range and ratio, with the targets."""
     m = res["machine"]
     L = [f"machine: {m['cpu']}, {m['logical_cores']} logical cores, numpy {m['numpy']}, BLAS {m['blas']}, "
-         f"BLAS threads {res['blas_threads']}, load average at start {m['load_average_at_start']}",
+         f"BLAS threads {res['blas_threads']}, started {res['started_utc']} UTC",
+         f"load average (1, 5, 15 min) at start {_loads(m['load_average_at_start'])}, at end {_loads(m['load_average_at_end'])}"
+         " (other processes on the machine add noise; see the min-max columns)",
          f"mode: {res['mode']}, {res['config']['repeats']} interleaved rounds per group; ratio = median/median (per-round min-max)"]
     one = res["lora_vs_full"]
     cf = one["config"]
@@ -669,7 +675,8 @@ def run(quick=False, out_dir=None, repeats=None, make_plots=True, log=print, thr
         out_dir = tempfile.mkdtemp(prefix="lora_np_bench_") if quick else DEFAULT_OUT
     os.makedirs(out_dir, exist_ok=True)
     t0 = time.perf_counter()
-    res = {"mode": mode, "config": c, "machine": machine_info(), "blas_threads": _blas_threads()}
+    res = {"mode": mode, "config": c, "machine": machine_info(), "blas_threads": _blas_threads(),
+           "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())}
     log(f"[{mode}] sections 1, 2, 7: single layer")
     res["lora_vs_full"], res["lora_vs_products"], res["growth"] = section_layers(c, log)
     log(f"[{mode}] section 1: MLP and transformer")
@@ -688,6 +695,8 @@ def run(quick=False, out_dir=None, repeats=None, make_plots=True, log=print, thr
     res["plots"] = plots(res, out_dir) if make_plots else []
     with open(os.path.join(out_dir, "benchmarks.json"), "w") as f:
         json.dump(res, f, indent=1)
+    with open(os.path.join(out_dir, "report.txt"), "w") as f:
+        f.write(report(res) + "\n\n" + targets_text(res) + "\n")
     res["out_dir"] = out_dir
     return res
 
@@ -710,6 +719,14 @@ def targets_summary(res):
     return rows
 
 
+def targets_text(res):
+    lines = ["targets:"]
+    for row in res["targets"]:
+        verdict = {True: "met", False: "NOT met", None: "not judged (quick sizes)"}[row["met"]]
+        lines.append(f"    {row['name']:<48} {row['value']:.3f} (target <= {row['target']}): {verdict}")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, one round: checks that the benchmark runs (CI)")
@@ -721,11 +738,10 @@ def main(argv=None):
     res = run(quick=args.quick, out_dir=args.out, repeats=args.repeats, make_plots=not args.no_plots, threads=args.threads)
     print()
     print(report(res))
-    print("\ntargets:")
-    for row in res["targets"]:
-        verdict = {True: "met", False: "NOT met", None: "not judged (quick sizes)"}[row["met"]]
-        print(f"    {row['name']:<48} {row['value']:.3f} (target <= {row['target']}): {verdict}")
-    print(f"\nwrote {os.path.join(res['out_dir'], 'benchmarks.json')} and {len(res['plots'])} plots in {res['seconds']:.0f} s")
+    print()
+    print(targets_text(res))
+    print(f"\nwrote {os.path.join(res['out_dir'], 'benchmarks.json')}, report.txt and {len(res['plots'])} plots "
+          f"in {res['seconds']:.0f} s")
     return 0
 
 

@@ -47,6 +47,7 @@ def test_quick_mode_writes_every_section(quick):
     assert len(saved["plots"]) == 4
     for name in saved["plots"]:
         assert (out / name).stat().st_size > 0
+    assert "targets:" in (out / "report.txt").read_text()
 
 
 def test_quick_mode_memory_counts_are_exact(quick):
