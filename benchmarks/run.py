@@ -609,9 +609,12 @@ def plots(res, out_dir):
     ax.plot(ref, [1e3 * g[f"lora reference r={r}"]["median_s"] for r in ref], "s", label="LoRA step (reference path)")
     ax.axhline(1e3 * g["full"]["median_s"], color="C3", label="full fine-tuning step")
     ax.axhline(1e3 * g["x@W + dy@W.T"]["median_s"], color="k", linestyle="--", label="x@W + dy@W.T (floor)")
-    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="ms per step (median)", title=f"Step time vs r, d={d_main}")
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="ms per step (median, min-max)", title=f"Step time vs r, d={d_main}")
     ax.set_xticks(rs, [str(r) for r in rs])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")  # the y range is narrow: label 200, 300, ...
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
     ax.legend(fontsize=8)
     fig.tight_layout()
     files.append(_save(fig, out_dir, "step_time_vs_r.png"))
