@@ -203,6 +203,21 @@ class Linear(Module):
         return f"Linear({self.in_features}, {self.out_features}, bias={'b' in self.params}, dtype={self.dtype.name})"
 
 
+def _init_adapter_settings(layer, r, alpha, use_rslora, dtype, device, rng):
+    """The settings every adapter layer shares: rank, alpha, scale rule, dtype, device, rng."""
+    layer.r = check_positive_int(r, "r")
+    layer.alpha = check_positive_number(alpha, "alpha")
+    if not isinstance(use_rslora, bool):
+        raise TypeError(f"use_rslora must be True or False, got {use_rslora!r}")
+    layer.use_rslora = use_rslora
+    layer.dtype = check_dtype(dtype)
+    layer.device = resolve_device(device)
+    layer.scaling = scaling_rule(layer.alpha, layer.r, "rslora" if use_rslora else "lora")
+    layer.merged = False
+    layer.disabled = False
+    layer._rng = as_generator(rng)
+
+
 class LoRALinear(Module):
     """A frozen linear layer plus a trainable low-rank update: y = x @ W + b + s * (x @ A) @ B.
 
@@ -277,16 +292,10 @@ class LoRALinear(Module):
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
-        self.r = check_positive_int(r, "r")
-        self.alpha = check_positive_number(alpha, "alpha")
-        if not isinstance(use_rslora, bool):
-            raise TypeError(f"use_rslora must be True or False, got {use_rslora!r}")
-        self.use_rslora = use_rslora
+        _init_adapter_settings(self, r, alpha, use_rslora, dtype, device, rng)
         if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)
-        self.dtype = check_dtype(dtype)
-        self.device = resolve_device(device)
         for flag, value in (("use_dora", use_dora), ("dora_detach_norm", dora_detach_norm), ("double_quant", double_quant)):
             if not isinstance(value, bool):
                 raise TypeError(f"{flag} must be True or False, got {value!r}")
@@ -304,10 +313,6 @@ class LoRALinear(Module):
         self.use_dora, self.dora_detach_norm, self.init = use_dora, dora_detach_norm, init
         self.quantize, self.double_quant = quantize, double_quant
         self.qweight = None
-        self.disabled = False
-        self.scaling = scaling_rule(self.alpha, self.r, "rslora" if use_rslora else "lora")
-        self.merged = False
-        self._rng = as_generator(rng)
         xp = get_xp(self.device)
         if _base is not None:  # from_linear: adopt copies of a pretrained W and b
             self.params["W"] = _base[0].copy()
@@ -574,17 +579,7 @@ class LoRAEmbedding(Module):
         super().__init__()
         self.num_embeddings = check_positive_int(num_embeddings, "num_embeddings")
         self.dim = check_positive_int(dim, "dim")
-        self.r = check_positive_int(r, "r")
-        self.alpha = check_positive_number(alpha, "alpha")
-        if not isinstance(use_rslora, bool):
-            raise TypeError(f"use_rslora must be True or False, got {use_rslora!r}")
-        self.use_rslora = use_rslora
-        self.dtype = check_dtype(dtype)
-        self.device = resolve_device(device)
-        self.scaling = scaling_rule(self.alpha, self.r, "rslora" if use_rslora else "lora")
-        self.merged = False
-        self.disabled = False
-        self._rng = as_generator(rng)
+        _init_adapter_settings(self, r, alpha, use_rslora, dtype, device, rng)
         if _table is not None:
             self.params["table"] = _table.copy()
         else:
