@@ -31,7 +31,7 @@ import numpy as np
 
 from . import functional as F
 from .data import batches, lag_task, load_digits_split, rotate_digits
-from .layers import LoRALinear, Module
+from .layers import Linear, LoRALinear, Module
 from .lora import inject_lora, lora_layers
 from .lowrank import check_positive_int, check_positive_number, subspace_similarity
 from .models import MLP, TransformerConfig, TransformerLM
@@ -466,33 +466,6 @@ def rslora_scaling(ranks=(1, 8, 64), alpha=4.0, steps=150, seed=0, scale=1.0, n_
 
 
 # --- 7. PiSSA ---------------------------------------------------------------------------------
-def pissa_init(layer: LoRALinear) -> None:
-    """Turn a fresh LoRALinear into a PiSSA adapter (Meng et al. 2024), in place.
-
-    From the SVD W = U S V^T take the top r directions: A = U_r sqrt(S_r) / sqrt(s) and
-    B = sqrt(S_r) V_r^T / sqrt(s), so s * A @ B = U_r S_r V_r^T is W's top-r part, and the
-    frozen residual becomes W - s * A @ B.  The layer's output is unchanged at init (up to
-    rounding).  This is a small stand-alone version for the experiment; it works on any
-    LoRALinear's params and does not depend on an ``init=`` option of the layer.
-    """
-    if not isinstance(layer, LoRALinear):
-        raise TypeError(f"pissa_init expects a LoRALinear, got {type(layer).__name__}")
-    if layer.merged:
-        raise RuntimeError("pissa_init on a merged layer: call unmerge() first")
-    W = np.asarray(layer.W, np.float64)
-    U, S, Vt = np.linalg.svd(W, full_matrices=False)
-    r, s = layer.r, layer.scaling
-    if r > S.size:
-        raise ValueError(f"pissa_init needs r <= min(W.shape) = {S.size}, got r={r}")
-    root = np.sqrt(S[:r]) / math.sqrt(s)
-    A = U[:, :r] * root  # [d_in, r]
-    B = root[:, None] * Vt[:r]  # [r, d_out]
-    dtype = layer.dtype
-    layer.params["A"] = A.astype(dtype)
-    layer.params["B"] = B.astype(dtype)
-    layer.params["W"] = (W - s * (A @ B)).astype(dtype)
-
-
 @dataclass
 class PiSSAvsLoRA:
     r: int
@@ -535,10 +508,9 @@ def pissa_vs_lora(r=4, d=32, n=256, factor=2.0, steps=60, seed=0, scale=1.0, lr=
             ("pissa", out.loss_pissa, out.curves_pissa),
             ("lora", out.loss_lora, out.curves_lora),
         ):
-            layer = LoRALinear(d, d, r, float(r), bias=False, rng=seed + 1)
-            layer.params["W"][...] = W0
-            if init == "pissa":
-                pissa_init(layer)
+            base = Linear(d, d, bias=False)
+            base.W[...] = W0
+            layer = LoRALinear.from_linear(base, r, float(r), init="pissa" if init == "pissa" else "gaussian", rng=seed + 1)
             hist = _train_lora_regression(layer, X.astype(np.float32), Y, steps, lr)
             losses.append(float(hist[-1]))
             curves.append([float(v) for v in hist])

@@ -116,32 +116,6 @@ def test_rslora_scaling():
 
 
 # --- 7. PiSSA: wins inside W's top directions, loses on a random update ---------------------------
-def test_pissa_init_keeps_the_output_and_takes_the_top_part():
-    rng = np.random.default_rng(0)
-    layer = ln.LoRALinear(12, 9, 3, 6.0, dtype=np.float64, rng=1)
-    W = layer.W.copy()
-    x = rng.standard_normal((5, 12))
-    before = x @ W + layer.b
-    E.pissa_init(layer)
-    np.testing.assert_allclose(layer.forward(x), before, atol=1e-12)
-    U, S, Vt = np.linalg.svd(W)
-    np.testing.assert_allclose(layer.delta_weight(), (U[:, :3] * S[:3]) @ Vt[:3], atol=1e-12)
-    np.testing.assert_allclose(np.linalg.svd(layer.W, compute_uv=False)[:6], S[3:], atol=1e-12)
-    assert layer.A.dtype == np.float64 and layer.frozen == {"W", "b"}
-
-
-def test_pissa_init_errors():
-    with pytest.raises(TypeError, match="LoRALinear"):
-        E.pissa_init(ln.Linear(4, 4))
-    with pytest.raises(ValueError, match="r <= min"):
-        E.pissa_init(ln.LoRALinear(4, 3, 5, 5.0))
-    merged = ln.LoRALinear(4, 3, 2, 2.0)
-    merged.merge()
-    with pytest.raises(RuntimeError, match="unmerge"):
-        E.pissa_init(merged)
-
-
-# seeds 0-2 at 60 steps: rescale PiSSA ~2e-3 vs LoRA 3e-2..7e-2; random PiSSA 0.34-0.42 (its floor) vs LoRA <= 0.12
 def test_pissa_vs_lora():
     res = E.pissa_vs_lora(seed=0)
     (p_rescale, p_random), (l_rescale, l_random) = res.loss_pissa, res.loss_lora
