@@ -47,8 +47,11 @@ class Module:
 
     # --- tree of modules -----------------------------------------------------------
     def children(self):
-        """(name, module) for each direct child, in definition order."""
+        """(name, module) for each direct child, in definition order (public attributes only:
+        ``_cache`` and other private state are never walked)."""
         for name, value in vars(self).items():
+            if name.startswith("_"):
+                continue
             if isinstance(value, Module):
                 yield name, value
             elif isinstance(value, (list, tuple)):
