@@ -11,10 +11,16 @@ Choosing the device:
 * ``device="gpu"`` uses CuPy; so does ``device=None`` when the environment variable
   ``LORA_NP_DEVICE=gpu`` is set.  Asking for the GPU when CuPy or a GPU is missing is
   an error that says how to install it, never a silent fallback to the CPU.
+
+Without a GPU, tests (and notebook 07) can still hold the GPU path to CuPy's rules: inside
+``with cupy_stand_in(strict_cupy):`` the module ``lora_np.strict_cupy`` plays CuPy's role, so
+``device="gpu"`` gives its arrays, which refuse NumPy functions and implicit host copies and
+count every transfer.  That is a simulation of CuPy's rules on the host, not a GPU run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 
@@ -40,9 +46,37 @@ def _import_cupy():
     return cupy
 
 
+_stand_in = None  # a module playing CuPy's role (set by cupy_stand_in), or None: the real CuPy
+
+
+def _cupy():
+    """The module behind device="gpu": the stand-in when one is set, else CuPy (None if missing)."""
+    return _stand_in if _stand_in is not None else _import_cupy()
+
+
+def set_cupy_stand_in(module):
+    """Let ``module`` (e.g. ``lora_np.strict_cupy``) play CuPy's role for device="gpu"; ``None`` undoes it.
+
+    For tests and demonstrations without a GPU.  Returns the stand-in that was set before.
+    """
+    global _stand_in
+    previous, _stand_in = _stand_in, module
+    return previous
+
+
+@contextlib.contextmanager
+def cupy_stand_in(module):
+    """``set_cupy_stand_in(module)`` for the duration of a block, then restore what was there."""
+    previous = set_cupy_stand_in(module)
+    try:
+        yield module
+    finally:
+        set_cupy_stand_in(previous)
+
+
 def gpu_available() -> bool:
-    """True when CuPy imports and sees at least one usable GPU."""
-    cupy = _import_cupy()
+    """True when CuPy (or a stand-in set by ``cupy_stand_in``) imports and sees a usable GPU."""
+    cupy = _cupy()
     if cupy is None:
         return False
     try:
@@ -62,7 +96,7 @@ def resolve_device(device: str | None = None) -> str:
         raise ValueError(f"{source} must be one of {DEVICES}, got {device!r}")
     device = device.lower()
     if device == "gpu" and not gpu_available():
-        cupy = _import_cupy()
+        cupy = _cupy()
         why = "CuPy is not installed" if cupy is None else "CuPy found no usable GPU"
         raise RuntimeError(f"device='gpu' was asked for but {why}: {_CUPY_HINT}")
     return device
@@ -71,13 +105,13 @@ def resolve_device(device: str | None = None) -> str:
 def get_xp(device: str | None = None):
     """The array module for a device: ``numpy`` or ``cupy``."""
     if resolve_device(device) == "gpu":
-        return _import_cupy()
+        return _cupy()
     return np
 
 
 def get_array_module(*arrays):
     """The array module of the given arrays (``cupy`` if any lives on the GPU)."""
-    cupy = _import_cupy()
+    cupy = _cupy()
     if cupy is not None:
         return cupy.get_array_module(*arrays)
     return np
@@ -104,7 +138,7 @@ def to_numpy(x):
 def synchronize(device: str | None = None) -> None:
     """Wait for queued GPU work; a no-op on the CPU.  Call before stopping a timer."""
     if resolve_device(device) == "gpu":
-        _import_cupy().cuda.Device().synchronize()
+        _cupy().cuda.Device().synchronize()
 
 
 def scatter_add(target, indices, values) -> None:
