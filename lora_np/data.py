@@ -92,7 +92,7 @@ def batches(X, y, batch_size, rng=None):
     n = len(X)
     batch_size = min(int(batch_size), n)
     while True:
-        order = rng.permutation(n)
+        order = xp.asarray(rng.permutation(n))  # drawn on the host, moved once per epoch, not once per batch
         for start in range(0, n - batch_size + 1, batch_size):
-            take = xp.asarray(order[start : start + batch_size])
+            take = order[start : start + batch_size]
             yield X[take], y[take]

@@ -48,6 +48,16 @@ NF4_CODEBOOK = np.array(
 NF4_OFFSET = 0.9677083  # QLoRA's choice: the outermost quantile used, (1 - 1/(2*15) + 1 - 1/(2*16)) / 2
 
 
+_CODEBOOKS = {}  # the codebook on each array module's device, moved there once
+
+
+def _codebook_on(xp):
+    """NF4_CODEBOOK as an ``xp`` array; cached, so a GPU forward does not copy it host -> device each time."""
+    if xp not in _CODEBOOKS:
+        _CODEBOOKS[xp] = xp.asarray(NF4_CODEBOOK)
+    return _CODEBOOKS[xp]
+
+
 def nf4_codebook_from_normal(offset=NF4_OFFSET) -> np.ndarray:
     """Rebuild the NF4 codebook from normal quantiles (QLoRA's ``create_normal_map``).
 
@@ -146,7 +156,7 @@ class NF4Tensor:
         high = self.codes >> 4
         low = self.codes & 15
         idx = xp.stack([high, low], axis=1).reshape(-1)  # [n_padded]
-        codebook = xp.asarray(NF4_CODEBOOK)
+        codebook = _codebook_on(xp)
         values = codebook[idx.astype(np.int64)].reshape(-1, self.block_size)  # [n_blocks, block]
         values = values * self.block_scales()[:, None]
         return values.reshape(-1)[: self.size].reshape(self.shape).astype(dtype or self.dtype)
@@ -173,7 +183,7 @@ def nf4_quantize(W, block_size=64, double_quant=True, dq_block_size=256) -> NF4T
     blocks = _blocks(W.reshape(-1).astype(np.float32), block_size, xp)  # [n_blocks, block]
     amax, safe = _absmax(blocks, xp)
     normalized = blocks / safe[:, None]  # in [-1, 1]
-    codebook = xp.asarray(NF4_CODEBOOK)
+    codebook = _codebook_on(xp)
     midpoints = (codebook[1:] + codebook[:-1]) / 2  # nearest entry = how many midpoints lie below
     idx = xp.searchsorted(midpoints, normalized.reshape(-1), side="right").astype(np.uint8)
     codes = (idx[0::2] << 4) | idx[1::2]  # two 4-bit codes per byte

@@ -8,7 +8,8 @@ host.  What it simulates is what goes wrong when NumPy code meets a GPU:
 * they refuse to become NumPy arrays implicitly: ``np.asarray(x)`` raises CuPy's own
   ``TypeError`` ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` ...");
 * mixing host and device fails: ``x + numpy_array``, ``x[...] = numpy_array`` and any NumPy
-  function applied to a device array (``np.exp(x)``, ``np.mean(x)``) raise ``TypeError``;
+  function applied to a device array (``np.exp(x)``, ``np.mean(x)``) raise ``TypeError``
+  (NumPy and Python scalars are fine, as in CuPy);
 * the module offers only functions CuPy has (no ``erf``: CuPy keeps it in ``cupyx.scipy.special``),
   ``asarray`` / ``asnumpy`` / ``.get()`` to move data, ``add.at`` for scatter-adds and
   ``cuda.Device().synchronize()``;
@@ -90,9 +91,12 @@ def count_transfers():
         _active.remove(counter)
 
 
+_BOUNDARY = (__file__, __file__.replace("strict_cupy.py", "backend.py"))  # to_device / to_numpy name their caller
+
+
 def _caller() -> str:
     frame = sys._getframe(2)
-    while frame is not None and frame.f_code.co_filename == __file__:
+    while frame is not None and frame.f_code.co_filename in _BOUNDARY:
         frame = frame.f_back
     if frame is None:
         return "?"
@@ -117,6 +121,14 @@ def _host_operand(obj, what):
     return TypeError(
         f"Unsupported type {type(obj)}: {what} got a NumPy array (host memory) together with a device array; "
         "move it first with xp.asarray(...) (backend.to_device), or bring the device array back with .get()"
+    )
+
+
+def _numpy_function(name):
+    return TypeError(
+        f"{name} was given a device array: NumPy functions do not take device arrays; use "
+        "xp = backend.get_array_module(x) and xp.<function>, or move the array to the host with .get() "
+        "(backend.to_numpy) at the edge"
     )
 
 
@@ -213,7 +225,6 @@ class ndarray:
     """A device array (simulated): NumPy data the host may not touch without an explicit copy."""
 
     __slots__ = ("_data",)
-    __array_ufunc__ = None  # every NumPy ufunc (np.exp, np.add, ...) refuses it; operators defer to it
     __hash__ = None
 
     def __init__(self, data):
@@ -226,11 +237,19 @@ class ndarray:
         raise TypeError(_NO_IMPLICIT)
 
     def __array_function__(self, func, types, args, kwargs):
-        raise TypeError(
-            f"{func.__module__}.{func.__name__} was given a device array: NumPy functions do not take device "
-            "arrays; use xp = backend.get_array_module(x) and xp.<function>, or move the array to the host "
-            "with .get() (backend.to_numpy) at the edge"
-        )
+        raise _numpy_function(f"{func.__module__}.{func.__name__}")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        # A NumPy scalar on the left of an operator (np.float32(2) * x) arrives here as np.multiply:
+        # CuPy accepts it, so does the stand-in.  Every other NumPy ufunc call (np.exp(x)) is refused.
+        if method == "__call__" and not kwargs and len(inputs) == 2 and builtins.all(
+            isinstance(i, (ndarray, np.generic)) for i in inputs
+        ):
+            return _wrap(ufunc(*_unwrap(inputs, f"numpy.{ufunc.__name__}")))
+        for i in inputs:
+            if isinstance(i, np.ndarray):
+                raise _host_operand(i, f"numpy.{ufunc.__name__}")
+        raise _numpy_function(f"numpy.{ufunc.__name__}" + ("" if method == "__call__" else f".{method}"))
 
     # --- moving data explicitly -----------------------------------------------------
     def get(self, stream=None, out=None):

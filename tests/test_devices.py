@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 import lora_np as ln
-from lora_np import backend
+from lora_np import backend, strict_cupy
 from lora_np.data import batches, lag_task
 from lora_np.gradcheck import check_module
 from lora_np.train import accuracy, fit
 
-from .conftest import DEVICES
+from .conftest import DEVICES, REAL_GPU
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -84,3 +84,211 @@ def test_as_generator():
     assert backend.as_generator(g) is g
     with pytest.raises(TypeError, match="rng must be None, an int seed or a numpy.random.Generator, got float"):
         backend.as_generator(1.5)
+
+
+# --- more of the package on each device -----------------------------------------------------
+
+
+def _same_model(device, **kwargs):
+    """A tiny LoRA transformer on ``device`` and its CPU twin (same seeds, same start)."""
+    def build(dev):
+        lm = ln.TransformerLM(vocab_size=6, block_size=6, d_model=8, n_head=2, n_layer=1, rng=0, device=dev)
+        ln.inject_lora(lm, r=2, alpha=4, rng=0, **kwargs)
+        return lm
+    return build("cpu"), build(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("make_opt", [lambda m: ln.AdamW(m, lr=1e-2, weight_decay=0.1),
+                                      lambda m: ln.SGD(m, lr=0.1, momentum=0.9, weight_decay=0.1)], ids=["adamw", "sgd"])
+def test_training_with_dropout_matches_cpu(device, make_opt):
+    cpu, dev = _same_model(device, dropout=0.1)  # dropout masks are drawn on the host: the same on both
+    X, Y = lag_task(64, 6, 6, 1, rng=0)
+    h_cpu = fit(cpu, make_opt(cpu), batches(X, Y, 16, rng=0), 6, progress=False)
+    h_dev = fit(dev, make_opt(dev), batches(backend.to_device(X, device), backend.to_device(Y, device), 16, rng=0), 6, progress=False)
+    np.testing.assert_allclose(h_dev.loss, h_cpu.loss, rtol=1e-5)
+    for (name, m_cpu, key), (_, m_dev, _) in zip(cpu.named_parameters(), dev.named_parameters()):
+        np.testing.assert_allclose(backend.to_numpy(m_dev.params[key]), m_cpu.params[key], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_merge_save_load_and_peft_export_on_the_device(device, tmp_path):
+    cpu, dev = _same_model(device)
+    ln.inject_lora_embedding(cpu, 2, 4.0, rng=1)
+    ln.inject_lora_embedding(dev, 2, 4.0, rng=1)
+    for (_, m_cpu), (_, m_dev) in zip(ln.lora.lora_layers(cpu), ln.lora.lora_layers(dev)):
+        for key in ("A", "B"):
+            m_cpu.params[key] = np.random.default_rng(2).standard_normal(m_cpu.params[key].shape).astype(np.float32)
+            m_dev.params[key] = backend.to_device(m_cpu.params[key], device)
+    idx = np.array([[0, 3, 5, 1]])
+    out = backend.to_numpy(dev(backend.to_device(idx, device)))
+    np.testing.assert_allclose(out, cpu(idx), rtol=1e-5, atol=1e-5)
+    ln.merge_all(dev)
+    np.testing.assert_allclose(backend.to_numpy(dev(backend.to_device(idx, device))), out, rtol=1e-4, atol=1e-5)
+    ln.unmerge_all(dev)
+    ln.adapters.save_adapter(dev, tmp_path / "a")
+    ln.adapters.load_adapter(cpu, tmp_path / "a")  # a device model's adapter loads into a CPU model ...
+    ln.adapters.load_adapter(dev, tmp_path / "a")  # ... and back onto the device
+    assert all(isinstance(m.params[k], backend.get_xp(device).ndarray) for _, m, k in dev.named_parameters())
+    peft_dev, peft_cpu = ln.adapters.peft_state(dev), ln.adapters.peft_state(cpu)
+    assert peft_dev.keys() == peft_cpu.keys()
+    for name in peft_cpu:
+        assert isinstance(peft_dev[name], np.ndarray)
+        np.testing.assert_array_equal(peft_dev[name], peft_cpu[name])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nf4_and_low_rank_on_the_device(device):
+    W = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    q_cpu, q_dev = ln.quant.nf4_quantize(W), ln.quant.nf4_quantize(backend.to_device(W, device))
+    np.testing.assert_array_equal(backend.to_numpy(q_dev.dequantize()), q_cpu.dequantize())
+    approx = ln.lowrank.low_rank_approx(backend.to_device(W, device), 4)
+    assert backend.device_of(approx.approx) == device
+    assert approx.error_fro == pytest.approx(approx.eckart_young_fro, rel=1e-5)
+    assert ln.lowrank.rank(approx.approx) == 4
+
+
+# --- the strict stand-in itself: CuPy's rules, simulated on the host --------------------------
+
+
+def test_stand_in_plays_cupy_only_inside_the_block():
+    assert backend.resolve_device("cpu") == "cpu"
+    with backend.cupy_stand_in(strict_cupy):
+        assert backend.gpu_available() and backend.get_xp("gpu") is strict_cupy
+        with backend.cupy_stand_in(None if REAL_GPU else strict_cupy):  # nesting restores what was there
+            pass
+        assert backend.get_xp("gpu") is strict_cupy
+    assert backend.gpu_available() == REAL_GPU
+
+
+def test_stand_in_refuses_the_host(strict_gpu):
+    xp = strict_gpu
+    x = backend.to_device(np.arange(6.0).reshape(2, 3), "gpu")
+    assert type(x) is xp.ndarray and not isinstance(x, np.ndarray)
+    assert backend.to_device(x, "gpu") is x  # already there: no copy
+    with pytest.raises(TypeError, match=r"^Implicit conversion to a NumPy array is not allowed\. Please use `\.get\(\)`"):
+        np.asarray(x)  # CuPy's own message
+    with pytest.raises(TypeError, match="numpy.exp was given a device array"):
+        np.exp(x)
+    with pytest.raises(TypeError, match="numpy.mean was given a device array"):
+        np.mean(x)
+    for mix in (lambda: x + np.ones(3), lambda: np.ones(3) * x, lambda: xp.maximum(x, np.zeros(3))):
+        with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+            mix()
+    with pytest.raises(TypeError, match="assigning a NumPy array"):
+        x[0] = np.zeros(3)
+    with pytest.raises(AttributeError, match="has no 'erf'"):
+        xp.erf(x)  # as CuPy: erf lives in cupyx.scipy.special, not the main namespace
+    # what is allowed: Python and NumPy scalars, device arrays, explicit copies
+    y = (x * np.float32(2.0) + 1.0).sum(axis=0)
+    assert type(y) is xp.ndarray and type(x.sum()) is xp.ndarray and x.sum().ndim == 0  # no host scalars
+    np.testing.assert_array_equal(backend.to_numpy(y), [8.0, 12.0, 16.0])
+    target = xp.zeros(3)
+    backend.scatter_add(target, xp.asarray([0, 2, 0]), xp.asarray([1.0, 2.0, 3.0]))  # repeats accumulate
+    np.testing.assert_array_equal(target.get(), [4.0, 0.0, 2.0])
+
+
+def test_stand_in_counts_transfers_and_names_the_line(strict_gpu):
+    with strict_gpu.count_transfers() as moves:
+        x = backend.to_device(np.ones((4, 3), np.float32), "gpu")  # host -> device
+        total = float(x.sum())  # device -> host
+        x[np.array([0, 1])] += 1.0  # a host index array is copied over, as CuPy does (read, then write: twice)
+        host = backend.to_numpy(x)  # device -> host
+    assert (moves.to_device, moves.to_host) == (3, 2), moves.report()
+    assert total == 12.0 and host.sum() == 18.0
+    assert all("test_devices.py" in where for _, _, where in moves.events), moves.report()
+    assert [n for _, n, _ in moves.events] == [48, 4, 16, 16, 48]
+
+
+# --- injected host/device mix-ups fail on the stand-in (and pass unnoticed on NumPy) ---------
+
+
+def _lm_setup(device):
+    """A LoRA transformer on ``device``, its optimiser and a stream of batches already on the device."""
+    lm = ln.TransformerLM(vocab_size=6, block_size=6, d_model=8, n_head=2, n_layer=1, rng=0, device=device)
+    ln.inject_lora(lm, r=2, alpha=4, rng=0)
+    X, Y = lag_task(32, 6, 6, 1, rng=0)
+    return lm, ln.AdamW(lm, lr=1e-2), batches(backend.to_device(X, device), backend.to_device(Y, device), 8, rng=0)
+
+
+def _lm_step(device):
+    """Forward, loss, backward and one AdamW step of that transformer."""
+    return fit(*_lm_setup(device), 1, progress=False)
+
+
+def _numpy_in_the_math(monkeypatch):
+    """Math written against ``np`` instead of the arrays' module: np.exp, np.sqrt... on device arrays."""
+    monkeypatch.setattr(ln.functional, "get_array_module", lambda *arrays: np)
+
+
+def _implicit_host_copy(monkeypatch):
+    """``np.asarray`` where an explicit ``.get()`` (``backend.to_numpy``) belongs: a host-side check of the logits."""
+    real = ln.train.cross_entropy
+
+    def cross_entropy(logits, targets, ignore_index=-1):
+        assert np.isfinite(np.asarray(logits)).all()
+        return real(logits, targets, ignore_index)
+
+    monkeypatch.setitem(ln.train.LOSSES, "cross_entropy", cross_entropy)
+
+
+def _created_on_the_host(monkeypatch):
+    """An array created with NumPy whatever the device: here the embedding's gradient table."""
+    real = ln.functional.embedding_backward
+
+    def embedding_backward(dout, cache):
+        idx, shape = cache
+        dtable = np.zeros(shape, dtype=dout.dtype)  # wrong device: should be xp.zeros
+        backend.scatter_add(dtable, idx.reshape(-1), dout.reshape(-1, shape[1]))
+        return {"dtable": dtable}
+
+    assert real.__code__.co_argcount == 2
+    monkeypatch.setattr(ln.functional, "embedding_backward", embedding_backward)
+
+
+MIXUPS = {  # each mistake, and how the stand-in reports it
+    _numpy_in_the_math: r"numpy\.\w+ was given a device array",
+    _implicit_host_copy: r"Implicit conversion to a NumPy array is not allowed",
+    _created_on_the_host: r"Unsupported type <class 'numpy.ndarray'>: numpy.add got a NumPy array",
+}
+
+
+@pytest.mark.parametrize("inject", MIXUPS, ids=lambda f: f.__name__.strip("_"))
+def test_an_injected_mixup_fails_on_the_stand_in(inject, monkeypatch, strict_gpu):
+    _lm_step("gpu")  # the library as it is passes
+    inject(monkeypatch)
+    _lm_step("cpu")  # NumPy cannot see the mistake: the CPU run still passes
+    with pytest.raises(TypeError, match=MIXUPS[inject]):
+        _lm_step("gpu")
+
+
+# one training step (forward, loss, backward, AdamW) of the transformer above, on the device:
+#   host -> device: the batch order, once per epoch (the first step moves it)
+#   device -> host: the embedding range checks (2 lookups x min and max), the loss and its count of targets
+STEP_BUDGET = {"to_device": 1, "to_host": 6}
+
+
+def _check_step_budget():
+    lm, opt, data = _lm_setup("gpu")
+    with strict_cupy.count_transfers() as moves:
+        fit(lm, opt, data, 1, progress=False)
+    assert moves.to_device <= STEP_BUDGET["to_device"], moves.report()
+    assert moves.to_host <= STEP_BUDGET["to_host"], moves.report()
+    return moves
+
+
+def test_a_training_step_stays_within_its_transfer_budget(strict_gpu):
+    moves = _check_step_budget()
+    assert (moves.to_device, moves.to_host) == (1, 6), moves.report()  # exactly, today
+
+
+def test_a_silent_host_round_trip_breaks_the_budget(monkeypatch, strict_gpu):
+    real = ln.functional.gelu_forward
+
+    def gelu_via_host(x):  # e.g. a step "checked" on the host, then moved back
+        xp = backend.get_array_module(x)
+        return real(xp.asarray(backend.to_numpy(x)))
+
+    monkeypatch.setattr(ln.layers.GELU, "_fwd", staticmethod(gelu_via_host))
+    with pytest.raises(AssertionError, match="device->host"):
+        _check_step_budget()
