@@ -27,9 +27,10 @@ function is one CuPy lacks or the result is handed to NumPy.
 Use it through ``backend.cupy_stand_in`` (tests: the ``gpu-strict`` device parameter in
 ``tests/conftest.py``), so that ``device="gpu"`` resolves to this module::
 
+    import lora_np as ln
     from lora_np import backend, strict_cupy
     with backend.cupy_stand_in(strict_cupy), strict_cupy.count_transfers() as moves:
-        layer = LoRALinear(8, 4, 2, 4.0, device="gpu")
+        layer = ln.LoRALinear(8, 4, 2, 4.0, device="gpu")    # its arrays are strict_cupy arrays
         ...
     print(moves.report())
 """
@@ -52,7 +53,6 @@ from numpy import (  # noqa: F401
 )
 
 _NO_IMPLICIT = "Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy array explicitly."
-_SCALARS = (bool, int, float, complex, np.generic)  # what CuPy accepts beside its own arrays
 
 # ----------------------------------------------------------------------------------------
 # counting transfers
@@ -76,8 +76,7 @@ class Transfers:
         return "\n".join(lines)
 
 
-transfers = Transfers()  # every transfer since import (events are kept only by count_transfers)
-_active: list = []
+_active: list = []  # the counters of the enclosing count_transfers blocks
 
 
 @contextlib.contextmanager
@@ -104,13 +103,15 @@ def _caller() -> str:
 
 
 def _record(direction: str, nbytes: int) -> None:
-    field_name = "to_device" if direction == "host->device" else "to_host"
-    setattr(transfers, field_name, getattr(transfers, field_name) + 1)
-    if _active:
-        where = _caller()
-        for counter in _active:
-            setattr(counter, field_name, getattr(counter, field_name) + 1)
-            counter.events.append((direction, int(nbytes), where))
+    if not _active:
+        return
+    where = _caller()
+    for counter in _active:
+        if direction == "host->device":
+            counter.to_device += 1
+        else:
+            counter.to_host += 1
+        counter.events.append((direction, int(nbytes), where))
 
 
 # ----------------------------------------------------------------------------------------
@@ -138,8 +139,10 @@ def _unwrap(obj, what):
         return obj._data
     if isinstance(obj, np.ndarray):
         raise _host_operand(obj, what)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_unwrap(o, what) for o in obj)
+    if isinstance(obj, tuple):
+        return tuple(_unwrap(o, what) for o in obj)
+    if isinstance(obj, list):
+        return [_unwrap(o, what) for o in obj]
     return obj
 
 
