@@ -214,6 +214,8 @@ def _binary(name, reflected=False, inplace=False):
     op = getattr(np.ndarray, name)
 
     def method(self, other):
+        if isinstance(other, (list, tuple)):  # CuPy takes arrays and scalars only: a list is host data
+            raise TypeError(f"Unsupported type {type(other)}: the operator {name} got a Python {type(other).__name__}")
         other = _unwrap(other, f"the operator {name}")
         if inplace:
             op(self._data, other)
@@ -335,10 +337,12 @@ class ndarray:
         return _wrap(self._data[_unwrap_index(index)])
 
     def __setitem__(self, index, value):
+        if isinstance(value, (list, tuple)):
+            value = np.asarray(value)  # host data, refused below unless it is a single number
         if isinstance(value, np.ndarray):
             if value.ndim > 0:
                 raise TypeError(
-                    "assigning a NumPy array (host memory) into a device array: move it first with xp.asarray(...) "
+                    "assigning host data (a NumPy array or a list) into a device array: move it first with xp.asarray(...) "
                     "(CuPy refuses it: non-scalar numpy.ndarray cannot be used for fill)"
                 )
             value = value[()]  # a 0-d host array is a scalar, as for CuPy's fill
