@@ -148,6 +148,18 @@ def test_nf4_and_low_rank_on_the_device(device):
     assert ln.lowrank.rank(approx.approx) == 4
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_cli_demo_on_the_device(device, tmp_path, capsys):
+    from lora_np.__main__ import build_parser, run_demo
+
+    args = build_parser().parse_args(
+        ["demo", "--device", device, "--steps", "10", "--pretrain-steps", "10", "--out", str(tmp_path / "demo.png")]
+    )
+    results = run_demo(args)
+    assert f"lora_np demo on {device}" in capsys.readouterr().out
+    assert results["frozen (no tuning)"]["trainable"] == 0 and (tmp_path / "demo.png").exists()
+
+
 # --- the strict stand-in itself: CuPy's rules, simulated on the host --------------------------
 
 
@@ -175,6 +187,8 @@ def test_stand_in_refuses_the_host(strict_gpu):
     for mix in (lambda: x + np.ones(3), lambda: np.ones(3) * x, lambda: xp.maximum(x, np.zeros(3))):
         with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
             mix()
+    with pytest.raises(TypeError, match="Unsupported type <class 'list'>"):
+        x + [1.0, 2.0, 3.0]
     with pytest.raises(TypeError, match="assigning host data"):
         x[0] = np.zeros(3)
     with pytest.raises(AttributeError, match="has no 'erf'"):
