@@ -167,9 +167,9 @@ def test_stand_in_plays_cupy_only_inside_the_block():
     assert backend.resolve_device("cpu") == "cpu"
     with backend.cupy_stand_in(strict_cupy):
         assert backend.gpu_available() and backend.get_xp("gpu") is strict_cupy
-        with backend.cupy_stand_in(None if REAL_GPU else strict_cupy):  # nesting restores what was there
-            pass
-        assert backend.get_xp("gpu") is strict_cupy
+        with backend.cupy_stand_in(None):  # the real CuPy inside, if any ...
+            assert backend.gpu_available() == REAL_GPU
+        assert backend.get_xp("gpu") is strict_cupy  # ... and the stand-in again after
     assert backend.gpu_available() == REAL_GPU
 
 
