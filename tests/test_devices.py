@@ -306,3 +306,23 @@ def test_a_silent_host_round_trip_breaks_the_budget(monkeypatch, strict_gpu):
     monkeypatch.setattr(ln.layers.GELU, "_fwd", staticmethod(gelu_via_host))
     with pytest.raises(AssertionError, match="device->host"):
         _check_step_budget()
+
+
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"quantize": "nf4"}], ids=["lora", "dora", "nf4"])
+def test_a_layer_step_moves_nothing(variant, strict_gpu):
+    layer = ln.LoRALinear(64, 32, 4, 8.0, rng=0, device="gpu", **variant)
+    x = backend.to_device(np.ones((2, 64), np.float32), "gpu")
+    layer.backward(layer(x))  # (the first NF4 forward moves the 16-entry codebook over, once)
+    with strict_gpu.count_transfers() as moves:
+        layer.backward(layer(x))
+    assert moves.total == 0, moves.report()
+
+
+def test_batches_move_the_order_once_per_epoch(strict_gpu):
+    X, Y = (backend.to_device(a, "gpu") for a in lag_task(32, 6, 6, 1, rng=0))
+    with strict_gpu.count_transfers() as moves:
+        stream = batches(X, Y, 8, rng=0)
+        for _ in range(8):  # two epochs of four batches
+            xb, yb = next(stream)
+            assert backend.device_of(xb) == backend.device_of(yb) == "gpu"
+    assert (moves.to_device, moves.to_host) == (2, 0), moves.report()
