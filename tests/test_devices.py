@@ -248,7 +248,6 @@ def _implicit_host_copy(monkeypatch):
 
 def _created_on_the_host(monkeypatch):
     """An array created with NumPy whatever the device: here the embedding's gradient table."""
-    real = ln.functional.embedding_backward
 
     def embedding_backward(dout, cache):
         idx, shape = cache
@@ -256,7 +255,6 @@ def _created_on_the_host(monkeypatch):
         backend.scatter_add(dtable, idx.reshape(-1), dout.reshape(-1, shape[1]))
         return {"dtable": dtable}
 
-    assert real.__code__.co_argcount == 2
     monkeypatch.setattr(ln.functional, "embedding_backward", embedding_backward)
 
 
@@ -304,7 +302,7 @@ def test_a_silent_host_round_trip_breaks_the_budget(monkeypatch, strict_gpu):
         return real(xp.asarray(backend.to_numpy(x)))
 
     monkeypatch.setattr(ln.layers.GELU, "_fwd", staticmethod(gelu_via_host))
-    with pytest.raises(AssertionError, match="device->host"):
+    with pytest.raises(AssertionError, match="in gelu_via_host"):  # the report names the culprit
         _check_step_budget()
 
 
