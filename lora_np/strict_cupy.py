@@ -210,7 +210,7 @@ class Device:
         return "<strict_cupy simulated Device 0 (the host; not a GPU)>"
 
 
-def _binary(name, reflected=False, inplace=False):
+def _binary(name, inplace=False):
     op = getattr(np.ndarray, name)
 
     def method(self, other):
@@ -221,6 +221,16 @@ def _binary(name, reflected=False, inplace=False):
             op(self._data, other)
             return self
         return _wrap(op(self._data, other))
+
+    method.__name__ = name
+    return method
+
+
+def _unary(name):
+    op = getattr(np.ndarray, name)
+
+    def method(self):
+        return ndarray(op(self._data))
 
     method.__name__ = name
     return method
@@ -387,7 +397,7 @@ for _name in (
 for _name in ("lt", "le", "eq", "ne", "gt", "ge"):
     setattr(ndarray, f"__{_name}__", _binary(f"__{_name}__"))
 for _name in ("neg", "pos", "abs", "invert"):
-    setattr(ndarray, f"__{_name}__", (lambda op: lambda self: ndarray(op(self._data)))(getattr(np.ndarray, f"__{_name}__")))
+    setattr(ndarray, f"__{_name}__", _unary(f"__{_name}__"))
 
 
 def _unwrap_kwargs(kwargs, what):
