@@ -107,8 +107,12 @@ def fwd_einsum_2d(x, W, b, A, B, s, mask=None):
     return np.einsum("ni,io->no", x, W) + b + s * np.einsum("nr,ro->no", xd @ A, B)
 
 
-def bwd(fn):
-    return fn
+def fwd_mask_none_unhandled(x, W, b, A, B, s, mask=None):
+    return x @ W + b + s * ((x * mask) @ A) @ B
+
+
+def bwd_returns_nothing(dout, x, W, A, B, s, mask=None):
+    a.lora_backward(dout, x, W, A, B, s, mask)
 
 
 def bwd_dA_transposed(dout, x, W, A, B, s, mask=None):
@@ -501,6 +505,7 @@ CATALOGUE = [
     ("lora_forward", fwd_no_bias, "bias b is missing"),
     ("lora_forward", fwd_W_T, "W is used transposed"),
     ("lora_forward", fwd_einsum_2d, "right for 2-D input but not for 3-D"),
+    ("lora_forward", fwd_mask_none_unhandled, "mask=None means no dropout"),
     ("lora_backward", bwd_dA_transposed, "dA has the shape of A.T"),
     ("lora_backward", bwd_dB_no_s, "dB is missing the scale s"),
     ("lora_backward", bwd_dA_s2, "dA has the scale s twice (s^2)"),
@@ -512,6 +517,7 @@ CATALOGUE = [
     ("lora_backward", bwd_2d_only, "right for 2-D input but not for 3-D"),
     ("lora_backward", bwd_dB_uses_x, "G, the full-weight gradient"),
     ("lora_backward", bwd_dA_uses_B, "shapes in a matrix product do not line up"),
+    ("lora_backward", bwd_returns_nothing, "add `return dA, dB, dx`"),
     ("merge_unmerge", (merge_no_s, a.unmerge), "missing the scale s"),
     ("merge_unmerge", (merge_inplace, a.unmerge), "changed one of its inputs"),
     ("merge_unmerge", (merge_update_only, a.unmerge), "returned only the update"),

@@ -137,6 +137,8 @@ def _error_hint(e: Exception):
         return MATMUL_HINT
     if isinstance(e, (TypeError, ValueError)) and "unpack" in text:
         return "return the values the docstring lists, in that order (a tuple)"
+    if isinstance(e, TypeError) and "NoneType" in text:
+        return "an argument can be None (mask=None means no dropout): handle that case, e.g. xd = x if mask is None else x * mask"
     return None
 
 
@@ -203,6 +205,8 @@ def call(student_fn, *args, inplace_hint=INPLACE_HINT, **kwargs):
 def unpack(result, names):
     """Split a student's returned tuple into ``len(names)`` values, or raise a :class:`Mismatch` saying what came back."""
     n = len(names)
+    if result is None:
+        raise Mismatch("your function returned None", f"add `return {', '.join(names)}` at the end")
     if not isinstance(result, (tuple, list)) or len(result) != n:
         got = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, (tuple, list)) else "")
         raise Mismatch(f"expected a tuple ({', '.join(names)}), got {got}",

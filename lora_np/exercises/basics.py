@@ -140,7 +140,7 @@ def check_lora_param_count(lora_param_count):
 def _lora_cases():
     rng = _rng(3)
 
-    def case(label, lead, d_in, d_out, r, p, alpha=2.0):
+    def case(label, lead, d_in, d_out, r, p, alpha=5.0):  # alpha / r != 1: a missing s shows
         x = rng.standard_normal((*lead, d_in))
         mask = None if p == 0 else (rng.random(x.shape) >= p) / (1.0 - p)
         return {

@@ -116,7 +116,7 @@ def _train_cases():
         target_delta = rng.standard_normal((d_in, r)) @ rng.standard_normal((r, d_out)) / math.sqrt(d_in)
         return {"label": label, "x": x, "y": x @ (W + target_delta) + b, "W": W, "b": b,
                 "A": rng.standard_normal((d_in, r)) / math.sqrt(d_in), "B": np.zeros((r, d_out)),
-                "scaling": 2.0 / r, "lr": lr, "steps": steps}
+                "scaling": 3.0 / r, "lr": lr, "steps": steps}
 
     return [case("N 32, W (8, 6), r = 2, 60 steps", 32, 8, 6, 2, 0.05, 60),
             case("N 24, W (5, 7), r = 1, 40 steps", 24, 5, 7, 1, 0.05, 40)]
@@ -230,7 +230,7 @@ def _dora_cases():
         W = rng.standard_normal((d_in, d_out))
         return {"label": label, "is_3d": len(lead) == 2, "x": rng.standard_normal((*lead, d_in)), "W": W,
                 "A": rng.standard_normal((d_in, r)) / math.sqrt(d_in), "B": rng.standard_normal((r, d_out)),
-                "m": np.linalg.norm(W, axis=0) * (1 + 0.3 * rng.standard_normal(d_out)), "s": 2.0 / r,
+                "m": np.linalg.norm(W, axis=0) * (1 + 0.3 * rng.standard_normal(d_out)), "s": 5.0 / r,
                 "dout": rng.standard_normal((*lead, d_out)), "numeric": numeric}
 
     return [case("x (5, 4), W (4, 3), r = 2", (5,), 4, 3, 2, numeric=True),
