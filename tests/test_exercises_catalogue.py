@@ -634,3 +634,12 @@ def test_the_training_reference_learns():
     for case in _train_cases():
         _, _, losses = train_reference(*(case[k] for k in ("x", "y", "W", "b", "A", "B", "scaling", "lr", "steps")))
         assert losses[-1] < 0.05 * losses[0], (losses[0], losses[-1])
+
+
+def test_a_factor_of_exactly_s_squared_is_named_as_such():
+    def dB_over_s2(dout, x, W, A, B, s, mask=None):
+        dA, dB, dx = a.lora_backward(dout, x, W, A, B, s, mask)
+        return dA, dB / (s * s), dx
+
+    v = E.check_lora_backward(dB_over_s2)
+    assert "exactly 1/s^2 times the right value" in v.hint and "s is missing twice" in v.hint

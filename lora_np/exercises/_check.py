@@ -80,13 +80,14 @@ def _as_array(value, name):
     return np.asarray(value)
 
 
-def compare(name, got, want, *, mistakes=(), tol=TOL) -> float:
+def compare(name, got, want, *, mistakes=(), tol=TOL, scale=None) -> float:
     """Check one array; return its relative error or raise :class:`Mismatch` with a hint.
 
     ``mistakes`` is a sequence of ``(hint, wrong_value)``: known-wrong answers computed from the
     same case.  When the student's array equals one of them, its hint is the one shown.  Shapes
     are diagnosed first (a transposed shape says so), then the known mistakes, then a sign flip
-    and a constant factor.
+    and a constant factor; with ``scale`` (the LoRA scale s) a factor of exactly s, 1/s, s^2 or
+    1/s^2 is named as such.
     """
     got = _as_array(got, name)
     want = np.asarray(want)
@@ -119,6 +120,13 @@ def compare(name, got, want, *, mistakes=(), tol=TOL) -> float:
         if rel_error(g, c * w) < 1e-6:
             if abs(c + 1) < 1e-6:
                 raise Mismatch(f"{name} has the wrong sign", "a sign error: every value is the negative of the right one", err, generic=True)
+            if scale is not None and scale not in (0, 1, -1):
+                for label, f, fix in (("s", scale, "s appears once too often"), ("1/s", 1 / scale, "the scale s is missing"),
+                                      ("s^2", scale * scale, "s appears twice too often"),
+                                      ("1/s^2", 1 / (scale * scale), "s is missing twice")):
+                    if abs(c - f) < 1e-6 * max(1.0, abs(f)):
+                        raise Mismatch(f"{name} is off by exactly {label}",
+                                       f"{name} is exactly {label} times the right value: {fix} (s = alpha / r = {scale:.4g})", err)
             raise Mismatch(f"{name} is off by a constant factor", f"{name} is {c:.4g} times the right value: a scale factor is missing or extra", err, generic=True)
     raise Mismatch(f"{name} is off (relative error {err:.2g})", None, err)
 

@@ -175,7 +175,7 @@ def _check_forward_case(fn, case):
         mistakes.append(("the dropout mask is forgotten: the adapter reads x * mask", x @ W + b + s * ((x @ A) @ B)))
     if W.shape[0] == W.shape[1]:
         mistakes.append(("W is used transposed: with row vectors y = x @ W, not x @ W.T", x @ W.T + b + s * ((xd @ A) @ B)))
-    return compare("y", y, want, mistakes=mistakes)
+    return compare("y", y, want, mistakes=mistakes, scale=s)
 
 
 def check_lora_forward(lora_forward):
@@ -216,14 +216,14 @@ def _check_backward_case(fn, case):
         ("dA is missing the scale s: dh = s * dout @ B.T, then dA = x.T @ dh", xd2.T @ (d2 @ B.T)),
         ("dA has the scale s twice (s^2): s appears once, in dh = s * dout @ B.T", s * s * (xd2.T @ (d2 @ B.T))),
         ("the dropout mask is forgotten in dA: A multiplies x * mask, so dA = (x * mask).T @ dh", x2.T @ dh),
-    ]))
+    ], scale=s))
     errs.append(compare("dB", dB, ref["dB"], mistakes=[
         ("dB has the shape of B.T: dB must match B (r, d_out), so dB = s * h.T @ dout (not dout.T @ h)", s * (d2.T @ h2)),
         ("dB is missing the scale s: y has s * h @ B, so dB = s * h.T @ dout", h2.T @ d2),
         ("dB has the scale s twice (s^2): dB = s * h.T @ dout", s * s * (h2.T @ d2)),
         ("the dropout mask is forgotten in dB: h = (x * mask) @ A", s * ((x2 @ A).T @ d2)),
         ("dB uses x where h = (x * mask) @ A is needed: x.T @ dout is G, the full-weight gradient", s * (xd2.T @ d2)),
-    ]))
+    ], scale=s))
     base = dout @ W.T
     adapter = (dh @ A.T).reshape(x.shape)
     dx_mistakes = [
@@ -236,7 +236,7 @@ def _check_backward_case(fn, case):
     ]
     if W.shape[0] == W.shape[1]:
         dx_mistakes.append(("dx uses W where W.T is needed: y = x @ W, so dx = dout @ W.T", dout @ W + adapter * m))
-    errs.append(compare("dx", dx, ref["dx"], mistakes=dx_mistakes))
+    errs.append(compare("dx", dx, ref["dx"], mistakes=dx_mistakes, scale=s))
     if "numeric" in case:  # the library itself, and so the student, against central differences
         for name, g, n in zip(("dA", "dB", "dx"), (dA, dB, dx), case["numeric"]):
             e = rel_error(g, n)

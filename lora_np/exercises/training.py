@@ -255,8 +255,8 @@ def _check_dora_case(fn, case):
         ("dm must be summed over every row (and time step): it has shape (d_out,)", (dout * (z.reshape(dout.shape))).sum(0) / n
          if dout.ndim == 3 else np.full(ref["dm"].shape, np.nan)),
     ])
-    e_A = compare("dA", dA, ref["dA"], mistakes=[(detach, det["dA"])])
-    e_B = compare("dB", dB, ref["dB"], mistakes=[(detach, det["dB"])])
+    e_A = compare("dA", dA, ref["dA"], mistakes=[(detach, det["dA"])], scale=s)
+    e_B = compare("dB", dB, ref["dB"], mistakes=[(detach, det["dB"])], scale=s)
     plain = F.lora_linear_backward(dout, F.lora_linear_forward(x, W, None, A, B, s)[1])["dx"]
     e_x = compare("dx", dx, ref["dx"], mistakes=[
         ("dx is missing the factor g = m / n: y = g * (x @ W + s (x @ A) @ B), so dx = (dout * g) @ W.T + ...", plain)])
