@@ -131,3 +131,40 @@ def test_nbgrader_regenerates_the_committed_student_notebooks(tmp_path):
     written = generate.generate(tmp_path)
     assert [p.name for p in written] == [p.name for p in STUDENTS]
     assert generate.differences(written) == []
+
+
+@pytest.mark.filterwarnings("ignore:Object of type")  # nbgrader's own SQLAlchemy session notices
+def test_nbgrader_autograde_scores_the_solution_full_and_the_stub_zero(tmp_path):
+    """The hidden tests really grade: nbgrader autograde gives the solution every point, the student version none."""
+    pytest.importorskip("nbgrader")
+    import shutil
+
+    from nbgrader.api import Gradebook
+    from nbgrader.apps import NbGraderAPI
+    from traitlets.config import Config
+
+    name = "ex1_rank_and_counts"
+    (tmp_path / "source" / "lora_course").mkdir(parents=True)
+    shutil.copy(SOURCE / f"{name}.ipynb", tmp_path / "source" / "lora_course")
+    for student, folder in (("solved", SOURCE), ("unstarted", STUDENT)):
+        (tmp_path / "submitted" / student / "lora_course").mkdir(parents=True)
+        shutil.copy(folder / f"{name}.ipynb", tmp_path / "submitted" / student / "lora_course")
+    config = Config()
+    config.CourseDirectory.root = str(tmp_path)
+    config.CourseDirectory.db_url = f"sqlite:///{tmp_path / 'gradebook.db'}"
+    config.Exchange.root = str(tmp_path / "exchange")
+    api = NbGraderAPI(config=config)
+    assert api.generate_assignment("lora_course", force=True)["success"]
+    with Gradebook(config.CourseDirectory.db_url) as gb:
+        for student in ("solved", "unstarted"):
+            gb.update_or_create_student(student)
+    scores = {}
+    for student in ("solved", "unstarted"):
+        result = api.autograde("lora_course", student, force=True)
+        assert result["success"], result.get("error")
+    with Gradebook(config.CourseDirectory.db_url) as gb:
+        for student in ("solved", "unstarted"):
+            nb = gb.find_submission_notebook(name, "lora_course", student)
+            scores[student] = (nb.score, nb.max_score)
+    assert scores["solved"][0] == scores["solved"][1] > 0
+    assert scores["unstarted"][0] == 0
