@@ -58,6 +58,20 @@ def generate(dest: Path) -> list[Path]:
     return written
 
 
+def coalesce_streams(nb) -> None:
+    """Join consecutive stdout (or stderr) outputs of a cell: how the kernel splits them varies run to run."""
+    for cell in nb.cells:
+        merged = []
+        for out in cell.get("outputs", []):
+            if merged and out.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
+                    and merged[-1].get("name") == out.get("name"):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = merged
+
+
 def run_solutions() -> None:
     """Re-execute every solution notebook in place, top to bottom (volatile metadata stripped)."""
     import time
@@ -73,6 +87,7 @@ def run_solutions() -> None:
         start = time.perf_counter()
         NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
         strip_volatile(nb)
+        coalesce_streams(nb)
         nbformat.write(nb, path)
         print(f"{path.name:<40} {time.perf_counter() - start:6.1f} s")
 
