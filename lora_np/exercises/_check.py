@@ -114,20 +114,24 @@ def compare(name, got, want, *, mistakes=(), tol=TOL, scale=None) -> float:
     w = want.ravel().astype(np.float64)
     g = got.ravel().astype(np.float64)
     if not np.any(g) and np.any(w):
-        raise Mismatch(f"{name} is all zeros", f"{name} is all zeros: is a value computed but never stored or returned?", err, generic=True)
+        raise Mismatch(f"{name} is all zeros", f"{name} is all zeros: is a value computed but never stored or returned?",
+                       err, generic=True)
     if float(w @ w) > 0:
         c = float(g @ w) / float(w @ w)
         if rel_error(g, c * w) < 1e-6:
             if abs(c + 1) < 1e-6:
-                raise Mismatch(f"{name} has the wrong sign", "a sign error: every value is the negative of the right one", err, generic=True)
+                raise Mismatch(f"{name} has the wrong sign", "a sign error: every value is the negative of the right one",
+                               err, generic=True)
             if scale is not None and scale not in (0, 1, -1):
-                for label, f, fix in (("s", scale, "s appears once too often"), ("1/s", 1 / scale, "the scale s is missing"),
+                for label, f, fix in (("s", scale, "s appears once too often"),
+                                      ("1/s", 1 / scale, "the scale s is missing"),
                                       ("s^2", scale * scale, "s appears twice too often"),
                                       ("1/s^2", 1 / (scale * scale), "s is missing twice")):
                     if abs(c - f) < 1e-6 * max(1.0, abs(f)):
                         raise Mismatch(f"{name} is off by exactly {label}",
-                                       f"{name} is exactly {label} times the right value: {fix} (s = alpha / r = {scale:.4g})", err)
-            raise Mismatch(f"{name} is off by a constant factor", f"{name} is {c:.4g} times the right value: a scale factor is missing or extra", err, generic=True)
+                                       f"{name} is exactly {label} times the right value: {fix} (s = {scale:.4g})", err)
+            raise Mismatch(f"{name} is off by a constant factor",
+                           f"{name} is {c:.4g} times the right value: a scale factor is missing or extra", err, generic=True)
     raise Mismatch(f"{name} is off (relative error {err:.2g})", None, err)
 
 
