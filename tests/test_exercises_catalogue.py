@@ -701,7 +701,12 @@ def alt_train_lora(x, y, W, b, A, B, s, lr, steps):
     return A, B, losses
 
 
+def alt_grad_size_tiny(r, rule, seed):  # one row, one output: noisy, still right on average over seeds
+    return a.grad_size(r, rule, seed, d_in=64, d_out=1, n=1)
+
+
 @pytest.mark.parametrize("name,fn", [
+    ("scaling_experiment", alt_grad_size_tiny),
     ("lora_backward", alt_lora_backward), ("cross_entropy_backward", alt_cross_entropy_backward),
     ("embedding_backward", alt_embedding_backward), ("numerical_gradient", alt_numerical_gradient),
     ("low_rank_approx", alt_low_rank_approx), ("train_lora", alt_train_lora),

@@ -194,7 +194,7 @@ def check_scaling_experiment(grad_size):
     except Exception as e:
         return out("error", f"your function raised {type(e).__name__}: {e}")
     text = (f"slope of log ||dB|| vs log r over r = {RANKS}, mean of {N_SEEDS} seeds: "
-            f"alpha/r {k_lora:+.2f} (expected -0.50), alpha/sqrt(r) {k_rs:+.2f} (expected 0.00)")
+            f"alpha/r {k_lora:+.2f} (expected -0.50), alpha/sqrt(r) {k_rs:+.2f} (expected 0.00), each within 0.2")
     details = {"slope_lora": k_lora, "slope_rslora": k_rs, "sizes_lora": s_lora, "sizes_rslora": s_rs}
 
     def near(k, target):
