@@ -572,6 +572,207 @@ CATALOGUE = [
 ]
 
 
+# ---- one more wrong answer for every named hint the catalogue above does not reach ----------
+
+def _one_wrong(fn, k, change):
+    """A right answer with output k (of a tuple, or the single output when k is None) changed."""
+    def wrong(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        if k is None:
+            return change(out, *args)
+        out = list(out)
+        out[k] = change(out[k], *args)
+        return tuple(out)
+    wrong.__name__ = f"{fn.__name__}_{k}_{change.__name__}"
+    return wrong
+
+
+def _s(args):  # the scale argument of the LoRA functions
+    return args[5]
+
+
+def dA_without_s(dA, dout, x, W, A, B, s, mask=None):
+    return dA / s
+
+
+def dB_times_s(dB, dout, x, W, A, B, s, mask=None):
+    return dB * s
+
+
+def dB_transposed(dB, *args, **kw):
+    return dB.T
+
+
+def dB_mask_forgotten(dB, dout, x, W, A, B, s, mask=None):
+    return a.lora_backward(dout, x, W, A, B, s, None)[1]
+
+
+def _bwd_parts(dout, x, W, A, B, s, mask):
+    m = 1.0 if mask is None else mask
+    return dout @ W.T, (s * dout @ B.T) @ A.T, m
+
+
+def dx_frozen_only(dx, dout, x, W, A, B, s, mask=None):
+    return dout @ W.T
+
+
+def dx_adapter_without_s(dx, dout, x, W, A, B, s, mask=None):
+    base, adapter, m = _bwd_parts(dout, x, W, A, B, s, mask)
+    return base + adapter * m / s
+
+
+def dx_mask_forgotten(dx, dout, x, W, A, B, s, mask=None):
+    base, adapter, m = _bwd_parts(dout, x, W, A, B, s, mask)
+    return base + adapter
+
+
+def dx_mask_on_all(dx, dout, x, W, A, B, s, mask=None):
+    base, adapter, m = _bwd_parts(dout, x, W, A, B, s, mask)
+    return (base + adapter) * m
+
+
+def fwd_s_squared(x, W, b, A, B, s, mask=None):
+    xd = x if mask is None else x * mask
+    return x @ W + b + s * s * (xd @ A) @ B
+
+
+def fwd_no_adapter(x, W, b, A, B, s, mask=None):
+    return x @ W + b
+
+
+def merge_s_squared(W, A, B, s):
+    return W + s * s * A @ B
+
+
+def merge_subtracts(W, A, B, s):
+    return W - s * A @ B
+
+
+def merge_transposed(W, A, B, s):
+    return W + s * (A @ B).T
+
+
+def unmerge_no_s(Wm, A, B, s):
+    return Wm - A @ B
+
+
+def unmerge_unchanged(Wm, A, B, s):
+    return Wm.copy()
+
+
+def lra_vt_transposed(W, r):
+    U, S, Vt = _svd(W)
+    return (U[:, :r] * S[:r]) @ Vt.T[:r], float(np.sqrt((S[r:] ** 2).sum()))
+
+
+def lra_kept_part(W, r):
+    U, S, Vt = _svd(W)
+    return (U[:, :r] * S[:r]) @ Vt[:r], float(np.sqrt((S[:r] ** 2).sum()))
+
+
+def lra_sum_sigma(W, r):
+    U, S, Vt = _svd(W)
+    return (U[:, :r] * S[:r]) @ Vt[:r], float(S[r:].sum())
+
+
+def sm_numerator_only(dout, p):
+    return dout * p
+
+
+def sm_sum_no_p(dout, p):
+    return p * (dout - dout.sum(-1, keepdims=True))
+
+
+def sm_axis0(dout, p):
+    return p * (dout - (dout * p).sum(0, keepdims=True))
+
+
+def ce_over_K(logits, t):
+    return a.cross_entropy_backward(logits, t) * t.size / logits.shape[-1]
+
+
+def dgamma_uses_x(dg, dout, x, gamma, eps=1e-5):
+    return (dout * x).reshape(-1, x.shape[-1]).sum(0)
+
+
+def dbeta_axis0(db, dout, x, gamma, eps=1e-5):
+    return dout.sum(0)
+
+
+def ln_variance_only(dx, dout, x, gamma, eps=1e-5):
+    xhat, rstd = _ln_parts(x, eps)
+    dxhat = dout * gamma
+    return rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdims=True))
+
+
+def dk_no_scale(dk, dout, q, k, v):
+    return dk * math.sqrt(q.shape[-1])
+
+
+def att_softmax_diag(dout, q, k, v):
+    p = _att(q, k, v)
+    dp = dout @ v.transpose(0, 2, 1)
+    datt = p * (1 - p) * dp / math.sqrt(q.shape[-1])
+    return datt @ k, datt.transpose(0, 2, 1) @ q, p.transpose(0, 2, 1) @ dout
+
+
+def dm_axis0(dm, dout, x, W, A, B, m, s):
+    if dout.ndim < 3:
+        return dm
+    n = np.linalg.norm(W + s * A @ B, axis=0)
+    z = x @ W + s * (x @ A) @ B
+    return (dout * z).sum(0) / n
+
+
+def adam_m_swapped(p, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+    p2, m2, v2 = a.adamw_step(p, g, m, v, t, lr, b1, b2, eps, wd)
+    return p2, b1 * g + (1 - b1) * m, v2
+
+
+def adam_v_of_g(p, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+    p2, m2, v2 = a.adamw_step(p, g, m, v, t, lr, b1, b2, eps, wd)
+    return p2, m2, b2 * v + (1 - b2) * g
+
+
+def adam_t_plus_1(p, g, m, v, t, lr, b1=0.9, b2=0.999, eps=1e-8, wd=0.0):
+    return a.adamw_step(p, g, m, v, t + 1, lr, b1, b2, eps, wd)
+
+
+CATALOGUE += [
+    ("low_rank_approx", lra_vt_transposed, "W_r uses Vt.T"),
+    ("low_rank_approx", lra_kept_part, "error is the kept part"),
+    ("low_rank_approx", lra_sum_sigma, "without squaring"),
+    ("lora_forward", fwd_s_squared, "the adapter term has s twice"),
+    ("lora_forward", fwd_no_adapter, "the adapter term is missing"),
+    ("lora_backward", _one_wrong(a.lora_backward, 0, dA_without_s), "dA is missing the scale s"),
+    ("lora_backward", _one_wrong(a.lora_backward, 1, dB_times_s), "dB has the scale s twice"),
+    ("lora_backward", _one_wrong(a.lora_backward, 1, dB_transposed), "dB has the shape of B.T"),
+    ("lora_backward", _one_wrong(a.lora_backward, 1, dB_mask_forgotten), "dropout mask is forgotten in dB"),
+    ("lora_backward", _one_wrong(a.lora_backward, 2, dx_frozen_only), "dx is missing the adapter path"),
+    ("lora_backward", _one_wrong(a.lora_backward, 2, dx_adapter_without_s), "adapter path is missing the scale s"),
+    ("lora_backward", _one_wrong(a.lora_backward, 2, dx_mask_forgotten), "dropout mask is forgotten in dx"),
+    ("lora_backward", _one_wrong(a.lora_backward, 2, dx_mask_on_all), "dropout mask multiplies all of dx"),
+    ("merge_unmerge", (merge_s_squared, a.unmerge), "merged weight has s twice"),
+    ("merge_unmerge", (merge_subtracts, a.unmerge), "merged weight subtracts the update"),
+    ("merge_unmerge", (merge_transposed, a.unmerge), "the update is transposed"),
+    ("merge_unmerge", (a.merge, unmerge_no_s), "unmerge is missing the scale s"),
+    ("merge_unmerge", (a.merge, unmerge_unchanged), "unmerge returned the merged weight unchanged"),
+    ("softmax_backward", sm_numerator_only, "gradient of the numerator alone"),
+    ("softmax_backward", sm_sum_no_p, "the sum is missing p"),
+    ("softmax_backward", sm_axis0, "sum runs over axis 0"),
+    ("cross_entropy_backward", ce_over_K, "number of classes K"),
+    ("layernorm_backward", _one_wrong(a.layernorm_backward, 1, dgamma_uses_x), "dgamma uses x where xhat"),
+    ("layernorm_backward", _one_wrong(a.layernorm_backward, 2, dbeta_axis0), "dbeta = sum(dout) over every leading"),
+    ("layernorm_backward", _one_wrong(a.layernorm_backward, 0, ln_variance_only), "variance's term but not the mean's"),
+    ("attention_backward", _one_wrong(a.attention_backward, 1, dk_no_scale), "dk is missing the 1/sqrt(D) scale"),
+    ("attention_backward", att_softmax_diag, "only the diagonal of its Jacobian"),
+    ("dora_backward", _one_wrong(a.dora_backward, 0, dm_axis0), "dm must be summed over every row"),
+    ("adamw_step", adam_m_swapped, "the weights are swapped"),
+    ("adamw_step", adam_v_of_g, "v averages g**2"),
+    ("adamw_step", adam_t_plus_1, "uses t + 1"),
+]
+
+
 def test_catalogue_covers_every_exercise_three_times():
     counts = {name: 0 for name in RIGHT}
     for name, _, _ in CATALOGUE:
@@ -714,3 +915,25 @@ def alt_grad_size_tiny(r, rule, seed):  # one row, one output: noisy, still righ
 def test_a_right_answer_written_another_way_passes(name, fn):
     v = _check(name, fn)
     assert v.passed and v.hint is None, v.message
+
+
+
+def test_every_named_hint_is_reached_by_a_catalogue_entry(monkeypatch, capsys):
+    """Each hint a checker offers for a known mistake is shown for at least one wrong answer above."""
+    from lora_np.exercises import _check as machinery
+    from lora_np.exercises import basics, training, transformer
+
+    offered = set()
+
+    def logging_compare(name, got, want, *, mistakes=(), **kwargs):
+        offered.update(hint for hint, _ in mistakes)
+        return machinery.compare(name, got, want, mistakes=mistakes, **kwargs)
+
+    for module in (basics, training, transformer):
+        monkeypatch.setattr(module, "compare", logging_compare)
+    for name, fn in RIGHT.items():
+        _check(name, fn)
+    shown = {_check(name, fn).hint for name, fn, _ in CATALOGUE}
+    capsys.readouterr()
+    assert len(offered) >= 80
+    assert sorted(offered - shown) == []
