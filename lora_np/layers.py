@@ -350,10 +350,8 @@ class LoRALinear(Module):
 
     def _base_backward(self, kind, cache, dout):
         if kind == "merged":
-            raise RuntimeError(
-                f"backward() through a merged {type(self).__name__}: the adapter is folded into W and "
-                "cannot be trained; call unmerge() before training"
-            )
+            raise RuntimeError("backward() through a merged LoRALinear: the adapter is folded into W and "
+                               "cannot be trained; call unmerge() before training")
         return F.linear_backward(dout, cache, need_dW=False)["dx"]
 
     # --- merging -------------------------------------------------------------------
@@ -374,10 +372,9 @@ class LoRALinear(Module):
         self.merged = False
 
     def _check_merge(self, merging):
-        if merging and self.merged:
-            raise RuntimeError("merge() called twice: the adapter is already merged into W")
-        if not merging and not self.merged:
-            raise RuntimeError("unmerge() called but the adapter is not merged")
+        if self.merged == merging:
+            raise RuntimeError("merge() called twice: the adapter is already merged into W" if merging
+                               else "unmerge() called but the adapter is not merged")
         if self.disabled:
             raise RuntimeError("merge()/unmerge() on a disabled adapter: set layer.disabled = False first")
 
@@ -396,11 +393,14 @@ class LoRALinear(Module):
 
     def __repr__(self):
         rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
+        notes = self._variant_notes() + (["disabled"] if self.disabled else [])
         return (
-            f"{type(self).__name__}({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, "
-            f"scaling={self.scaling:g} [{rule}], merged={self.merged}, dtype={self.dtype.name}"
-            + (", disabled" if self.disabled else "") + ")"
+            f"LoRALinear({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g} "
+            f"[{rule}], merged={self.merged}, dtype={self.dtype.name}" + "".join(", " + n for n in notes) + ")"
         )
+
+    def _variant_notes(self) -> list:
+        return []  # each variant adds its name (lora_np.variants)
 
 
 class LayerNorm(Module):

@@ -81,6 +81,9 @@ class DoRALinear(LoRALinear):
         self._set_grads(grads, {"A": "dA", "B": "dB", "m": "dm"})
         return grads["dx"]
 
+    def _variant_notes(self):
+        return ["dora" + (" (detached norm)" if self.dora_detach_norm else "")] + super()._variant_notes()
+
     def _merge_factor_of(self, W):
         """V = W + s * A @ B and the per-unit factor m / ||V|| that turns V into W'."""
         V = W + (self.A @ self.B) * self.scaling  # [d_in, d_out]
@@ -154,6 +157,9 @@ class PiSSALinear(LoRALinear):
 
     init = "pissa"
 
+    def _variant_notes(self):
+        return ["init=pissa"] + super()._variant_notes()
+
     def reset_lora_parameters(self):
         if self.merged:
             raise RuntimeError("reset_lora_parameters() on a merged layer: call unmerge() first")
@@ -189,7 +195,7 @@ class NF4Linear(LoRALinear):
 
     @W.setter
     def W(self, value):
-        raise AttributeError(f"W of an NF4-quantized {type(self).__name__} is read-only (it is stored in qweight)")
+        raise AttributeError("W of an NF4-quantized LoRALinear is read-only (it is stored in qweight)")
 
     def reset_lora_parameters(self):
         if self.qweight is not None and self.init == "pissa":
@@ -197,6 +203,9 @@ class NF4Linear(LoRALinear):
         super().reset_lora_parameters()
         if self.qweight is None:  # the layer is being built: quantize its base once
             self.qweight = nf4_quantize(self.params.pop("W"), double_quant=self.double_quant)
+
+    def _variant_notes(self):
+        return ["quantize=nf4"] + super()._variant_notes()
 
     def _check_merge(self, merging):
         raise RuntimeError(

@@ -153,3 +153,86 @@ def test_pissa_on_nf4_quantizes_only_the_residual():
     assert err_pissa < 0.1 * err_plain
     with pytest.raises(RuntimeError, match="re-quantize"):
         pissa.reset_lora_parameters()
+
+
+# --- what the scales and the codes hold exactly ---------------------------------------------
+
+
+def test_double_quantized_scales_decode_to_the_block_maximum():
+    """Each decoded scale is the true block max |w| to within half an 8-bit step of its scale block."""
+    W = gaussian(64 * 256 * 2 + 64 * 37 + 5, seed=4)  # 549 blocks (the last padded), 3 blocks of scales
+    W[:64] *= 40.0  # one block far larger than the rest: the steps are not all alike
+    q = nf4_quantize(W)
+    padded = np.concatenate([W, np.zeros((-W.size) % 64, np.float32)])
+    true_max = np.abs(padded.reshape(-1, 64)).max(axis=1).astype(np.float64)
+    step = np.repeat(q.scale_scales.astype(np.float64) / 127.0, 256)[: true_max.size]
+    decoded = q.block_scales().astype(np.float64)
+    assert decoded.shape == true_max.shape and decoded.dtype == np.float64
+    assert np.all(np.abs(decoded - true_max) <= 0.5 * step + 1e-6 * true_max)
+    assert np.abs(decoded - true_max).max() > 0  # the 8-bit codes do round: the bound is what is tested
+    single = nf4_quantize(W, double_quant=False)
+    np.testing.assert_array_equal(single.block_scales(), true_max.astype(np.float32))
+
+
+def test_a_value_halfway_between_two_entries_goes_to_the_upper_one():
+    """The documented tie rule: w / scale exactly on a midpoint takes the upper codebook entry."""
+    mid = (NF4_CODEBOOK[1:] + NF4_CODEBOOK[:-1]) / 2  # float32, as nf4_quantize computes them
+    W = np.zeros(64, np.float32)
+    W[0] = 1.0  # the block's absmax: scale 1, so w / scale == w exactly
+    W[1:16] = mid
+    W[16:31] = np.nextafter(mid, np.float32(-np.inf))  # one float32 step below: the lower entry
+    out = nf4_quantize(W, double_quant=False).dequantize()
+    np.testing.assert_array_equal(out[1:16], NF4_CODEBOOK[1:])
+    np.testing.assert_array_equal(out[16:31], NF4_CODEBOOK[:-1])
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_weights_are_refused(bad):
+    W = gaussian(200)
+    W[130] = bad
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\) \(inf or NaN\) of 200"):
+        nf4_quantize(W)
+    with pytest.raises(ValueError, match="non-finite"):
+        int4_roundtrip(W)
+    with pytest.raises(ValueError, match="non-finite"):
+        ln.LoRALinear.from_linear(_linear_with(W.reshape(20, 10)), 2, 4.0, quantize="nf4")
+
+
+def test_values_beyond_float32_are_refused():
+    W = gaussian(100, dtype=np.float64)
+    W[7] = 1e300
+    with pytest.raises(ValueError, match=r"max \|W\| = 1e\+300 is beyond float32's range"):
+        nf4_quantize(W)
+
+
+@pytest.mark.parametrize("huge", [3.0e38, -3.3e38, 1.0e30])
+def test_huge_finite_weights_stay_finite(huge):
+    """A weight near float32's max no longer overflows the scales' statistics into NaN everywhere."""
+    W = gaussian(64 * 300, seed=2)
+    W[70] = huge  # block 1
+    for double_quant in (False, True):
+        out = nf4_quantize(W, double_quant=double_quant).dequantize()
+        assert np.all(np.isfinite(out))
+        assert out[70] == pytest.approx(huge, rel=0.01)
+    # single-level scales: every other block is exactly what it is alone
+    out = nf4_quantize(W, double_quant=False).dequantize()
+    alone = nf4_quantize(np.delete(W.reshape(-1, 64), 1, axis=0).reshape(-1), double_quant=False).dequantize()
+    np.testing.assert_array_equal(np.delete(out.reshape(-1, 64), 1, axis=0).reshape(-1), alone)
+
+
+def _linear_with(W):
+    layer = ln.Linear(*W.shape, dtype=W.dtype)
+    layer.params["W"] = W
+    return layer
+
+
+def test_summary_counts_the_nf4_base():
+    model = ln.MLP([64, 32, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", quantize="nf4", rng=0)
+    text = ln.summary(model)
+    trainable = 2 * (64 + 32) + 2 * (32 + 4)
+    stored = 64 * 32 + 32 * 4  # the frozen weights, now 4-bit codes outside ``params``
+    biases = 32 + 4
+    assert f"trainable {trainable:,} of {trainable + biases + stored:,} parameters" in text
+    nbytes = sum(layer.qweight.nbytes for layer in model.layers)
+    assert f"{stored:,} frozen base weights stored in NF4 ({nbytes:,} bytes)" in text
