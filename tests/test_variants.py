@@ -122,6 +122,142 @@ def test_dora_in_a_model_trains_m():
     assert names == sorted(f"layers.{i}.{k}" for i in (0, 1) for k in "ABm")
 
 
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_dora_merge_unmerge_at_scale_4(rng, use_rslora):
+    """s = 4 (alpha 8, r 2; rsLoRA alpha 8 r 4): a merge or unmerge that dropped s would be off by far more."""
+    r = 4 if use_rslora else 2
+    layer = ln.LoRALinear(6, 4, r, 8.0, use_dora=True, use_rslora=use_rslora, **F64)
+    assert layer.scaling == 4.0
+    perturb(layer)
+    x = rng.standard_normal((3, 6))
+    before, W0 = layer(x), layer.W.copy()
+    V = W0 + 4.0 * layer.A @ layer.B
+    layer.merge()
+    np.testing.assert_allclose(layer.W, layer.params["m"] * V / np.linalg.norm(V, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer(x), before, rtol=1e-12, atol=1e-12)
+    layer.unmerge()
+    np.testing.assert_allclose(layer.W, W0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer(x), before, rtol=1e-12, atol=1e-12)
+
+
+def dead_unit_base(dtype, unit=2):
+    base = ln.Linear(6, 4, dtype=dtype, rng=0)
+    base.W[:, unit] = 0.0  # a dead output unit: its column of W is zero
+    return base
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dora_on_a_zero_column_is_finite_and_starts_as_the_base(rng, dtype):
+    base = dead_unit_base(dtype)
+    layer = ln.LoRALinear.from_linear(base, 2, 4.0, use_dora=True, rng=1)
+    eps = np.finfo(dtype).eps
+    assert layer.params["m"][2] == pytest.approx(eps, rel=1e-6)  # the norm of a zero column is eps, not 0
+    x = rng.standard_normal((5, 6)).astype(dtype)
+    with np.errstate(all="raise"):  # no 0/0 anywhere (NumPy would raise FloatingPointError)
+        out = layer(x)
+        np.testing.assert_array_equal(out, base(x))
+        layer.backward(rng.standard_normal(out.shape).astype(dtype))
+    assert all(np.all(np.isfinite(g)) for g in layer.grads.values())
+    opt = ln.SGD(layer, lr=0.1)
+    for _ in range(5):  # the dead unit's B column moves away from 0: still finite throughout
+        with np.errstate(all="raise"):
+            layer.backward(layer(x) - 1.0)
+        opt.step()
+    W0 = layer.W.copy()
+    layer.merge()
+    layer.unmerge()
+    assert np.all(np.isfinite(layer.W))
+    np.testing.assert_allclose(layer.W, W0, rtol=0, atol=1e-12 if dtype == np.float64 else 1e-5)
+
+
+def test_dora_gradients_with_a_zero_column_of_W(rng):
+    """The epsilon does not bend the gradient: with B moved off 0 the dead unit's V column is not 0."""
+    layer = ln.LoRALinear.from_linear(dead_unit_base(np.float64), 2, 3.0, use_dora=True, rng=1)
+    perturb(layer)
+    assert_rows_pass(check_module(layer, rng.standard_normal((2, 3, 6))))
+
+
+def test_dora_zero_magnitude_is_finite_and_merge_refuses_it(rng):
+    layer = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, **F64)
+    perturb(layer)
+    layer.params["m"][1] = 0.0
+    x = rng.standard_normal((3, 6))
+    with np.errstate(all="raise"):
+        out = layer(x)
+        layer.backward(np.ones_like(out))
+    np.testing.assert_array_equal(out[:, 1], layer.b[1])  # unit 1 outputs its bias alone
+    assert layer.grads["m"][1] != 0  # ... and m can grow back
+    W0 = layer.W.copy()
+    with pytest.raises(ValueError, match=r"cannot merge DoRA: m / \|\|V\|\| is zero or not finite for output units \[1\]"):
+        layer.merge()
+    assert not layer.merged
+    np.testing.assert_array_equal(layer.W, W0)  # nothing changed
+    layer.params["m"][1] = np.nan
+    with pytest.raises(ValueError, match=r"output units \[1\]"):
+        layer.merge()
+
+
+def test_dora_column_norm_epsilon():
+    V = np.zeros((3, 2), np.float32)
+    V[:, 0] = [3.0, 4.0, 0.0]
+    np.testing.assert_array_equal(F.dora_column_norm(V), np.array([5.0, np.finfo(np.float32).eps], np.float32))
+    assert F.dora_column_norm(V, eps=0.5)[1] == 0.5
+
+
+def test_variant_classes():
+    from lora_np import variants
+
+    plain = ln.LoRALinear(6, 4, 2, 4.0)
+    assert type(plain) is ln.LoRALinear and not plain.use_dora and plain.init == "gaussian" and plain.quantize is None
+    assert type(ln.LoRALinear(6, 4, 2, 4.0, use_dora=True)) is ln.DoRALinear
+    assert type(ln.LoRALinear(6, 4, 2, 4.0, init="pissa")) is ln.PiSSALinear
+    assert type(ln.LoRALinear(6, 4, 2, 4.0, quantize="nf4")) is ln.NF4Linear
+    both = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, quantize="nf4")
+    assert isinstance(both, (ln.DoRALinear)) and isinstance(both, ln.NF4Linear) and isinstance(both, ln.LoRALinear)
+    assert type(both) is variants.linear_class(use_dora=True, quantize="nf4")  # made once, reused
+    assert type(ln.DoRALinear(6, 4, 2, 4.0)) is ln.DoRALinear and ln.DoRALinear(6, 4, 2, 4.0).use_dora
+    model = ln.MLP([6, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", use_dora=True)
+    assert type(model.layers[0]) is ln.DoRALinear
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['use_dorra'\]"):
+        ln.LoRALinear(6, 4, 2, 4.0, use_dorra=True)
+
+
+def test_plain_lora_layer_has_no_variant_branch():
+    """LoRALinear's own methods are plain LoRA: no variant is named inside them."""
+    import inspect
+
+    for name in ("__init__", "reset_lora_parameters", "forward", "backward", "delta_weight", "merge", "unmerge"):
+        source = inspect.getsource(getattr(ln.LoRALinear, name)).lower()
+        assert not any(word in source for word in ("dora", "pissa", "nf4", "qweight", "quantiz")), name
+
+
+def test_use_dora_switches_the_class_and_back(rng):
+    """What adapters.add_adapter / set_adapter do to a layer: use_dora = True, reset, then back."""
+    layer = ln.LoRALinear(6, 4, 2, 4.0, **F64)
+    x = rng.standard_normal((3, 6))
+    layer.use_dora = True
+    assert type(layer) is ln.DoRALinear
+    layer.reset_lora_parameters()
+    assert set(layer.params) == {"W", "b", "A", "B", "m"}
+    np.testing.assert_allclose(layer(x), x @ layer.W + layer.b, atol=1e-12)
+    layer.params.pop("m")
+    layer.use_dora = False
+    assert type(layer) is ln.LoRALinear
+    with pytest.raises(TypeError, match="use_dora must be True or False"):
+        layer.use_dora = 1
+
+
+def test_pissa_init_function(rng):
+    from lora_np.variants import pissa_init
+
+    W = rng.standard_normal((7, 5))
+    A, B, residual = pissa_init(W, 2, 4.0)
+    assert A.shape == (7, 2) and B.shape == (2, 5) and residual.dtype == W.dtype
+    np.testing.assert_allclose(residual + 4.0 * A @ B, W, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.svd(residual, compute_uv=False)[:3], np.linalg.svd(W, compute_uv=False)[2:], atol=1e-12)
+
+
 # --- PiSSA ----------------------------------------------------------------------------------
 
 
