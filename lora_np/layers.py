@@ -265,7 +265,10 @@ class LoRALinear(Module):
         """Pick the class: plain LoRALinear, or the variant the keywords name (``variants.linear_class``)."""
         from .variants import linear_class  # variants builds on this module, so it is imported when used
 
-        return super().__new__(linear_class(cls, **{k: kwargs[k] for k in VARIANT_KEYWORDS if k in kwargs}))
+        chosen = linear_class(cls, **{k: kwargs[k] for k in VARIANT_KEYWORDS if k in kwargs})
+        if not issubclass(chosen, cls):  # e.g. DoRALinear(..., use_dora=False)
+            raise TypeError(f"{cls.__name__} cannot turn its own variant off: build a {chosen.__name__} instead")
+        return super().__new__(chosen)
 
     def __init__(self, in_features, out_features, r, alpha, *, bias=True, use_rslora=False, dropout=0.0,
                  dtype=np.float32, rng=None, device="cpu", _base=None, **variant):

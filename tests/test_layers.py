@@ -210,3 +210,14 @@ def test_deepcopy_gives_independent_model(rng):
     clone = copy.deepcopy(model)
     clone.layers[0].W[...] = 0
     assert np.abs(model.layers[0].W).sum() > 0
+
+
+@pytest.mark.parametrize("make", [lambda: ln.Embedding(5, 3), lambda: ln.LoRAEmbedding(5, 3, 2, 4.0)])
+def test_embeddings_check_indices_alike(make):
+    layer = make()
+    name = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"{name} indices must lie in \[0, 5\), got min -1, max 2"):
+        layer(np.array([2, -1]))
+    with pytest.raises(TypeError, match=rf"{name} expects an integer numpy array of indices, got float64"):
+        layer(np.zeros(3))
+    assert layer(np.zeros((0,), dtype=np.int64)).shape == (0, 3)

@@ -221,6 +221,24 @@ def test_variant_classes():
     assert type(model.layers[0]) is ln.DoRALinear
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['use_dorra'\]"):
         ln.LoRALinear(6, 4, 2, 4.0, use_dorra=True)
+    with pytest.raises(TypeError, match="DoRALinear cannot turn its own variant off: build a LoRALinear"):
+        ln.DoRALinear(6, 4, 2, 4.0, use_dora=False)
+    assert type(ln.DoRALinear(6, 4, 2, 4.0, quantize="nf4")) is type(both)
+
+
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"init": "pissa"}, {"quantize": "nf4"},
+                                     {"use_dora": True, "quantize": "nf4", "init": "pissa"}])
+def test_variant_layers_deepcopy(rng, variant):
+    import copy
+
+    layer = ln.LoRALinear(6, 4, 2, 4.0, rng=0, **variant)
+    layer.B[...] = rng.standard_normal(layer.B.shape)
+    clone = copy.deepcopy(layer)
+    assert type(clone) is type(layer) and repr(clone) == repr(layer)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(clone(x), layer(x))
+    clone.B[...] = 0
+    assert np.abs(layer.B).sum() > 0
 
 
 def test_plain_lora_layer_has_no_variant_branch():
