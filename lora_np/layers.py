@@ -322,8 +322,10 @@ class LoRALinear(Module):
     def forward(self, x):
         """x: (..., in_features) -> (..., out_features)"""
         _check_input(self, x, self.in_features)
-        if self.merged or self.disabled:
-            return self._base_forward(x)
+        if self.merged or self.disabled:  # the base layer alone: the update is inside W, or switched off
+            out, cache = F.linear_forward(x, self.W, self.b)
+            self._cache = ("merged" if self.merged else "disabled", cache)
+            return out
         forward = F.lora_linear_forward_fast if self.fast_path else F.lora_linear_forward
         out, cache = forward(x, self.W, self.b, self.A, self.B, self.scaling, self._dropout_mask(x))
         self._cache = ("lora_fast" if self.fast_path else "lora", cache)
@@ -332,8 +334,11 @@ class LoRALinear(Module):
     def backward(self, dout):
         """dout: (..., out_features) -> dx; fills grads['A'] and grads['B'] (W, b stay frozen)."""
         kind, cache = self._pop_cache()
-        if kind in ("merged", "disabled"):
-            return self._base_backward(kind, cache, dout)
+        if kind == "merged":
+            raise RuntimeError("backward() through a merged LoRALinear: the adapter is folded into W and "
+                               "cannot be trained; call unmerge() before training")
+        if kind == "disabled":
+            return F.linear_backward(dout, cache, need_dW=False)["dx"]
         backward = F.lora_linear_backward_fast if kind == "lora_fast" else F.lora_linear_backward
         grads = backward(dout, cache)
         self._set_grads(grads, {"A": "dA", "B": "dB"})
@@ -344,18 +349,6 @@ class LoRALinear(Module):
         if not self.training or self.dropout == 0.0:
             return None
         return F.dropout_mask(x.shape, self.dropout, self._rng, self.dtype, get_xp(self.device))
-
-    def _base_forward(self, x):
-        """Merged (the update is inside W) or disabled (switched off): y = x @ W + b alone."""
-        out, cache = F.linear_forward(x, self.W, self.b)
-        self._cache = ("merged" if self.merged else "disabled", cache)
-        return out
-
-    def _base_backward(self, kind, cache, dout):
-        if kind == "merged":
-            raise RuntimeError("backward() through a merged LoRALinear: the adapter is folded into W and "
-                               "cannot be trained; call unmerge() before training")
-        return F.linear_backward(dout, cache, need_dW=False)["dx"]
 
     # --- merging -------------------------------------------------------------------
     def delta_weight(self):

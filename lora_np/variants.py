@@ -63,9 +63,9 @@ class DoRALinear(LoRALinear):
 
     def forward(self, x):
         """x: (..., in_features) -> (..., out_features)"""
-        _check_input(self, x, self.in_features)
         if self.merged or self.disabled:
-            return self._base_forward(x)
+            return super().forward(x)  # the base layer alone, as for plain LoRA
+        _check_input(self, x, self.in_features)
         out, cache = F.dora_linear_forward(
             x, self.W, self.b, self.A, self.B, self.params["m"], self.scaling, self._dropout_mask(x), self.dora_detach_norm
         )
@@ -74,9 +74,9 @@ class DoRALinear(LoRALinear):
 
     def backward(self, dout):
         """dout: (..., out_features) -> dx; fills grads['A'], grads['B'] and grads['m']."""
-        kind, cache = self._pop_cache()
-        if kind in ("merged", "disabled"):
-            return self._base_backward(kind, cache, dout)
+        if self._cache is None or self._cache[0] != "dora":
+            return super().backward(dout)  # after a base-only forward (or none: the parent's error)
+        _, cache = self._pop_cache()
         grads = F.dora_linear_backward(dout, cache)
         self._set_grads(grads, {"A": "dA", "B": "dB", "m": "dm"})
         return grads["dx"]

@@ -140,6 +140,23 @@ def test_dora_merge_unmerge_at_scale_4(rng, use_rslora):
     np.testing.assert_allclose(layer(x), before, rtol=1e-12, atol=1e-12)
 
 
+def test_dora_disabled_and_merged_take_the_base_path(rng):
+    layer = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, **F64)
+    perturb(layer)
+    x, dout = rng.standard_normal((3, 6)), rng.standard_normal((3, 4))
+    layer.disabled = True
+    np.testing.assert_array_equal(layer(x), x @ layer.W + layer.b)
+    np.testing.assert_allclose(layer.backward(dout), dout @ layer.W.T, rtol=1e-14)
+    assert layer.grads == {}
+    layer.disabled = False
+    layer.merge()
+    layer(x)
+    with pytest.raises(RuntimeError, match="backward\\(\\) through a merged LoRALinear.*call unmerge"):
+        layer.backward(dout)
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(dout)
+
+
 def dead_unit_base(dtype, unit=2):
     base = ln.Linear(6, 4, dtype=dtype, rng=0)
     base.W[:, unit] = 0.0  # a dead output unit: its column of W is zero
