@@ -194,7 +194,7 @@ def nf4_quantize(W, block_size=64, double_quant=True, dq_block_size=256) -> NF4T
     if not double_quant:
         q.scales = amax.astype(np.float32)
         return q
-    mean = float(np.float32(amax.astype(np.float64).mean()))  # summed in float64: scales near float32's max
+    mean = float(np.float32(float(amax.astype(np.float64).mean())))  # summed in float64: scales near float32's max
     sblocks = _blocks(amax - np.float32(mean), dq_block_size, xp)  # [n_scale_blocks, 256]
     _, ssafe = _absmax(sblocks, xp)
     q.scale_codes = xp.clip(xp.rint(sblocks / ssafe[:, None] * 127.0), -127, 127).astype(np.int8).reshape(-1)
