@@ -103,8 +103,10 @@ def test_the_package_docstring_names_the_layers_in_order():
 
     level = levels()
     doc = lora_np.__doc__
-    mentioned = [m for m in re.findall(r"^    (\w+)", doc, flags=re.M) if m in level]
-    assert set(mentioned) == set(level), sorted(set(level) - set(mentioned))
+    mentioned = re.findall(r"^    (\w+)  ", doc, flags=re.M)  # the map: a module name, then two spaces
+    assert set(mentioned) <= set(level), f"the docstring names modules not on the README's map: {set(mentioned) - set(level)}"
+    core = ["backend", "functional", "layers", "variants", "models", "lora", "adapters", "experiments", "__main__"]
+    assert [m for m in mentioned if m in core] == core  # the spine, in order (the README has every module)
     assert [level[m] for m in mentioned] == sorted(level[m] for m in mentioned)
 
 
