@@ -275,7 +275,7 @@ class LoRALinear(Module):
         super().__init__()
         unknown = sorted(set(variant) - set(VARIANT_KEYWORDS))  # the variant's class was chosen by __new__
         if unknown:
-            raise TypeError(f"LoRALinear() got unexpected keyword argument(s) {unknown}")
+            raise TypeError(f"LoRALinear() got an unexpected keyword argument {unknown[0]!r}")
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         _init_adapter_settings(self, r, alpha, use_rslora, dtype, device, rng)
