@@ -249,5 +249,11 @@ def linear_class(cls=LoRALinear, **options):
     if parents not in _COMBINED:
         name = "".join(c.__name__[: -len("Linear")] for c in parents) + "Linear"
         doc = f"LoRALinear with {' + '.join(c.__name__ for c in parents)}: see each parent class."
-        _COMBINED[parents] = type(name, parents, {"__module__": __name__, "__doc__": doc})
+        _COMBINED[parents] = globals()[name] = type(name, parents, {"__module__": __name__, "__doc__": doc})
     return _COMBINED[parents]
+
+
+# Every combination made now, so each is a name in this module (DoRANF4Linear, ...) that pickle finds.
+for _dora, _init, _quantize in [(True, "gaussian", "nf4"), (True, "pissa", None), (False, "pissa", "nf4"), (True, "pissa", "nf4")]:
+    linear_class(use_dora=_dora, init=_init, quantize=_quantize)
+del _dora, _init, _quantize

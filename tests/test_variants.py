@@ -256,6 +256,11 @@ def test_variant_layers_deepcopy(rng, variant):
     np.testing.assert_array_equal(clone(x), layer(x))
     clone.B[...] = 0
     assert np.abs(layer.B).sum() > 0
+    import pickle
+
+    again = pickle.loads(pickle.dumps(layer))
+    assert type(again) is type(layer)
+    np.testing.assert_array_equal(again(x), layer(x))
 
 
 def test_plain_lora_layer_has_no_variant_branch():
