@@ -227,7 +227,10 @@ def linear_class(cls=LoRALinear, **options):
     options: use_dora (bool), dora_detach_norm (bool, DoRA only), init ("gaussian" or "pissa"),
     quantize (None or "nf4"), double_quant (bool).  Those not given keep ``cls``'s own.  One
     variant gives its class (``DoRALinear``, ...); several give a class with each as a parent,
-    in the order DoRA, NF4, PiSSA (e.g. ``DoRANF4Linear``), made once and reused.
+    in the order DoRA, NF4, PiSSA (e.g. ``DoRANF4Linear``), made once and reused.  That order
+    makes ``reset_lora_parameters`` run inside out: PiSSA's A, B and residual first, then NF4
+    quantizes that residual, then DoRA takes m from the (dequantized) W, so even QDoRA starts
+    exactly equal to its stored base.
     """
     for flag in ("use_dora", "dora_detach_norm", "double_quant"):
         if flag in options and not isinstance(options[flag], bool):

@@ -263,6 +263,23 @@ def test_variant_layers_deepcopy(rng, variant):
     np.testing.assert_array_equal(again(x), layer(x))
 
 
+@pytest.mark.parametrize("variant", [{"use_dora": True, "quantize": "nf4"}, {"use_dora": True, "init": "pissa"},
+                                     {"quantize": "nf4", "init": "pissa"}, {"use_dora": True, "quantize": "nf4", "init": "pissa"}])
+def test_combined_variants_start_as_their_stored_base(rng, variant):
+    """PiSSA's split, then NF4's quantization of the residual, then DoRA's m from what is stored."""
+    base = ln.Linear(64, 16, dtype=np.float64, rng=0)
+    layer = ln.LoRALinear.from_linear(base, 4, 8.0, rng=1, **variant)
+    x = rng.standard_normal((3, 64))
+    expected = x @ (layer.W + layer.scaling * layer.A @ layer.B) + layer.b  # W is the stored base
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-12, atol=1e-12)
+    if "m" in layer.params:
+        np.testing.assert_allclose(layer.params["m"], np.linalg.norm(layer.W + layer.scaling * layer.A @ layer.B, axis=0), rtol=1e-12)
+    if variant.get("quantize"):
+        assert "W" not in layer.params and layer.qweight.shape == (64, 16)
+    rows = check_module(layer, rng.standard_normal((2, 64)))
+    assert_rows_pass(rows)
+
+
 def test_plain_lora_layer_has_no_variant_branch():
     """LoRALinear's own methods are plain LoRA: no variant is named inside them."""
     import inspect
