@@ -488,3 +488,23 @@ def test_lora_embedding_gradcheck_on_device(device):
     layer.params["A"] = backend.to_device(np.random.default_rng(1).standard_normal((7, 2)), device)
     rows = check_module(layer, backend.to_device(np.array([[1, 2, 1], [6, 1, 0]]), device))
     assert_rows_pass(rows)
+
+
+def test_variant_reprs_name_each_variant():
+    assert repr(ln.LoRALinear(6, 4, 2, 4.0)) == (
+        "LoRALinear(6, 4, r=2, alpha=4, scaling=2 [alpha/r], merged=False, dtype=float32)"
+    )
+    layer = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, dora_detach_norm=True, init="pissa", quantize="nf4")
+    layer.disabled = True
+    assert repr(layer).endswith("dtype=float32, dora (detached norm), quantize=nf4, init=pissa, disabled)")
+    assert repr(ln.LoRALinear(6, 4, 4, 4.0, use_rslora=True, quantize="nf4")).endswith(
+        "scaling=2 [alpha/sqrt(r)], merged=False, dtype=float32, quantize=nf4)"
+    )
+
+
+def test_nf4_reset_draws_a_new_adapter_on_the_same_codes(rng):
+    layer = ln.LoRALinear(64, 8, 2, 4.0, quantize="nf4", rng=0)
+    codes, A0 = layer.qweight.codes.copy(), layer.A.copy()
+    layer.reset_lora_parameters()
+    np.testing.assert_array_equal(layer.qweight.codes, codes)  # the base is quantized once, not again
+    assert "W" not in layer.params and not np.array_equal(layer.A, A0) and np.all(layer.B == 0)
