@@ -259,16 +259,6 @@ class LoRALinear(Module):
     B = _param("B")
     W = _param("W")  # the frozen base weight (in_features, out_features)
     fast_path = True
-    init, quantize, dora_detach_norm, _dora = "gaussian", None, False, False  # plain LoRA: no variant
-
-    def __new__(cls, *args, **kwargs):
-        """Pick the class: plain LoRALinear, or the variant the keywords name (``variants.linear_class``)."""
-        from .variants import linear_class  # variants builds on this module, so it is imported when used
-
-        chosen = linear_class(cls, **{k: kwargs[k] for k in VARIANT_KEYWORDS if k in kwargs})
-        if not issubclass(chosen, cls):  # e.g. DoRALinear(..., use_dora=False)
-            raise TypeError(f"{cls.__name__} cannot turn its own variant off: build a {chosen.__name__} instead")
-        return super().__new__(chosen)
 
     def __init__(self, in_features, out_features, r, alpha, *, bias=True, use_rslora=False, dropout=0.0,
                  dtype=np.float32, rng=None, device="cpu", _base=None, **variant):
@@ -374,7 +364,26 @@ class LoRALinear(Module):
         if self.disabled:
             raise RuntimeError("merge()/unmerge() on a disabled adapter: set layer.disabled = False first")
 
-    # --- which variant -------------------------------------------------------------
+    def __repr__(self):
+        rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
+        notes = self._variant_notes() + (["disabled"] if self.disabled else [])
+        return (
+            f"LoRALinear({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g} "
+            f"[{rule}], merged={self.merged}, dtype={self.dtype.name}" + "".join(", " + n for n in notes) + ")"
+        )
+
+    # --- which variant (each is a class of its own in lora_np.variants) ---------------
+    init, quantize, dora_detach_norm, _dora = "gaussian", None, False, False  # plain LoRA: no variant
+
+    def __new__(cls, *args, **kwargs):
+        """Pick the class: plain LoRALinear, or the variant the keywords name (``variants.linear_class``)."""
+        from .variants import linear_class  # variants builds on this module, so it is imported when used
+
+        chosen = linear_class(cls, **{k: kwargs[k] for k in VARIANT_KEYWORDS if k in kwargs})
+        if not issubclass(chosen, cls):  # e.g. DoRALinear(..., use_dora=False)
+            raise TypeError(f"{cls.__name__} cannot turn its own variant off: build a {chosen.__name__} instead")
+        return super().__new__(chosen)
+
     @property
     def use_dora(self) -> bool:
         """True for DoRA.  Setting it changes the layer's class between LoRA and DoRA (``adapters``
@@ -386,14 +395,6 @@ class LoRALinear(Module):
         from .variants import linear_class
 
         self.__class__ = linear_class(type(self), use_dora=value)
-
-    def __repr__(self):
-        rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
-        notes = self._variant_notes() + (["disabled"] if self.disabled else [])
-        return (
-            f"LoRALinear({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g} "
-            f"[{rule}], merged={self.merged}, dtype={self.dtype.name}" + "".join(", " + n for n in notes) + ")"
-        )
 
     def _variant_notes(self) -> list:
         return []  # each variant adds its name (lora_np.variants)
