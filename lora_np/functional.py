@@ -151,22 +151,41 @@ def lora_linear_backward_fast(dout, cache, need_dW=False):
 # DoRA: weight-decomposed low-rank adaptation (Liu et al. 2024)
 
 
-def dora_linear_forward(x, W, b, A, B, m, scaling, dropout_mask=None, detach_norm=False):
+def dora_eps(dtype) -> float:
+    """DoRA's epsilon: the machine epsilon of ``dtype`` (2.2e-16 in float64, 1.2e-7 in float32)."""
+    return float(np.finfo(dtype).eps)
+
+
+def dora_column_norm(V, eps=None):
+    """n_j = sqrt(sum_i V_ij^2 + eps^2): the norm of each output unit (column) of V.
+
+    V: (d_in, d_out)  ->  n: (d_out,)
+    ``eps`` (default ``dora_eps(V.dtype)``) keeps a zero column (a dead unit) at norm eps
+    instead of 0, so m / n never divides by zero; a column whose norm is far above eps is
+    unchanged to rounding (eps^2 is below its last bit).  The derivative keeps the
+    plain-norm form, d n_j / d V_ij = V_ij / n_j.
+    """
+    xp = get_array_module(V)
+    eps = dora_eps(V.dtype) if eps is None else float(eps)
+    return xp.sqrt((V * V).sum(axis=0) + eps * eps)  # [d_in, d_out] -> [d_out]
+
+
+def dora_linear_forward(x, W, b, A, B, m, scaling, dropout_mask=None, detach_norm=False, eps=None):
     """y = x @ W' + b with W' = V * (m / n),  V = W + s * A @ B,  n = ||V|| per output unit.
 
     x: (..., d_in), W: (d_in, d_out), b: (d_out,) or None, A: (d_in, r), B: (r, d_out),
     m: (d_out,) trainable magnitude, scaling: Python float  ->  y: (..., d_out)
 
     In this row-vector layout an output unit j is column j of W, so its norm is taken over
-    axis 0 (over d_in): n_j = sqrt(sum_i V_ij^2).  (This is the paper's per-output "column norm"
-    and PEFT's ``weight.norm(dim=1)`` of the torch (out, in) weight.)  The norms need V, a
-    (d_in, d_out) array: DoRA cannot avoid forming it, unlike plain LoRA.  As in PEFT, the
-    output is computed as g * (x @ W + s * (drop(x) @ A) @ B) + b with g = m / n, so dropout
-    touches the adapter branch only.  ``detach_norm`` changes only the backward.
+    axis 0 (over d_in): n_j = sqrt(sum_i V_ij^2 + eps^2) (``dora_column_norm``: eps only matters
+    for a zero column).  (This is the paper's per-output "column norm" and PEFT's
+    ``weight.norm(dim=1)`` of the torch (out, in) weight.)  The norms need V, a (d_in, d_out)
+    array: DoRA cannot avoid forming it, unlike plain LoRA.  As in PEFT, the output is
+    computed as g * (x @ W + s * (drop(x) @ A) @ B) + b with g = m / n, so dropout touches the
+    adapter branch only.  ``detach_norm`` changes only the backward.
     """
-    xp = get_array_module(x)
     V = W + scaling * (A @ B)  # [d_in, r] @ [r, d_out] -> [d_in, d_out]
-    n = xp.sqrt((V * V).sum(axis=0))  # [d_in, d_out] -> [d_out]
+    n = dora_column_norm(V, eps)  # [d_in, d_out] -> [d_out]
     g = m / n  # [d_out]
     xd = x if dropout_mask is None else x * dropout_mask
     h = xd @ A  # [..., d_in] -> [..., r]
@@ -208,7 +227,7 @@ def dora_linear_backward(dout, cache):
     dxd = dh @ A.T  # [..., r] -> [..., d_in]
     grads["dx"] = dz @ W.T + (dxd if mask is None else dxd * mask)
     if not detach_norm:
-        c = -dg * g / (n * n)  # dn / n, [d_out]
+        c = (-dg * g / n) / n  # dn / n, [d_out]; divided twice so a tiny n cannot overflow n * n
         grads["dA"] = grads["dA"] + s * (V @ (c[:, None] * B.T))  # [d_in, d_out] @ [d_out, r]
         grads["dB"] = grads["dB"] + s * ((A.T @ V) * c)  # [r, d_in] @ [d_in, d_out]
     return grads

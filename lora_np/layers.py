@@ -13,7 +13,7 @@ import numbers
 import numpy as np
 
 from . import functional as F
-from .backend import as_generator, device_of, get_xp, resolve_device, to_numpy
+from .backend import as_generator, device_of, get_xp, resolve_device
 from .lowrank import check_positive_int, check_positive_number, scaling as scaling_rule
 
 
@@ -206,6 +206,13 @@ class Linear(Module):
         return f"Linear({self.in_features}, {self.out_features}, bias={'b' in self.params}, dtype={self.dtype.name})"
 
 
+def check_probability(p, name="dropout"):
+    """A dropout probability in [0, 1) as a Python float, or a clear error."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1), got {p!r}")
+    return float(p)
+
+
 def _init_adapter_settings(layer, r, alpha, use_rslora, dtype, device, rng):
     """The settings every adapter layer shares: rank, alpha, scale rule, dtype, device, rng."""
     layer.r = check_positive_int(r, "r")
@@ -221,6 +228,10 @@ def _init_adapter_settings(layer, r, alpha, use_rslora, dtype, device, rng):
     layer._rng = as_generator(rng)
 
 
+# The keywords that choose a variant of LoRALinear (each is a class in lora_np.variants).
+VARIANT_KEYWORDS = ("use_dora", "dora_detach_norm", "init", "quantize", "double_quant")
+
+
 class LoRALinear(Module):
     """A frozen linear layer plus a trainable low-rank update: y = x @ W + b + s * (x @ A) @ B.
 
@@ -234,89 +245,31 @@ class LoRALinear(Module):
     forms the (in_features, out_features) product A @ B; only ``merge`` and
     ``delta_weight`` do.  Dropout, when on, applies to the adapter's input only.
 
-    Variants, each one keyword (the defaults give plain LoRA):
+    ``fast_path`` (class attribute, True) picks the pair that runs: ``F.lora_linear_forward_fast``
+    / ``F.lora_linear_backward_fast``; ``layer.fast_path = False`` runs the reference pair
+    ``F.lora_linear_forward`` / ``F.lora_linear_backward`` (same math, more passes over the big
+    arrays; see ``benchmarks/``).  ``disabled = True`` (attribute) computes the base layer only.
 
-    - ``use_dora=True`` (DoRA, Liu et al. 2024): W' = m * V / ||V||, V = W + s * A @ B, with a
-      trainable magnitude ``m`` (out_features,) that starts at W's norm per output unit; in
-      this layout an output unit is a column of W, so the norm is over axis 0.  DoRA's
-      forward forms V (in_features, out_features): its column norms need it.
-      ``dora_detach_norm=True`` treats ||V|| as a constant in backward (cheaper, as PEFT does).
-    - ``init="pissa"`` (PiSSA, Meng et al. 2024): A, B from the top-r singular triplets of W
-      (sqrt of the singular values on each side), W replaced by the residual W - s * A @ B,
-      so the layer's output at init equals the base layer's.
-    - ``quantize="nf4"`` (QLoRA): the frozen W is stored in 4-bit NormalFloat
-      (``lora_np.quant``, block 64, double-quantized scales unless ``double_quant=False``) and
-      dequantized in each forward; ``qweight`` holds it and ``params`` has no ``"W"``.
-    - ``disabled = True`` (attribute): the layer computes the base layer only.
-    - ``fast_path = False`` (attribute): plain LoRA runs the reference pair
-      ``lora_linear_forward/backward`` instead of the default ``*_fast`` pair (same math,
-      fewer passes over the big arrays; see ``benchmarks/``).
+    The variants live in ``lora_np.variants``, each a class beside this one:
+    ``LoRALinear(..., use_dora=True)`` builds a ``DoRALinear``, ``init="pissa"`` a ``PiSSALinear``,
+    ``quantize="nf4"`` an ``NF4Linear`` (and combinations, e.g. DoRA on an NF4 base).
     """
 
     A = _param("A")
     B = _param("B")
-    fast_path = True  # plain LoRA uses lora_linear_forward_fast / lora_linear_backward_fast
-    INITS = ("gaussian", "pissa")
-    QUANTIZE = (None, "nf4")
+    W = _param("W")  # the frozen base weight (in_features, out_features)
+    fast_path = True
 
-    @property
-    def W(self):
-        """The frozen base weight (in_features, out_features); dequantized when stored in NF4."""
-        if self.qweight is not None:
-            return self.qweight.dequantize(self.dtype)
-        return self.params["W"]
-
-    @W.setter
-    def W(self, value):
-        if self.qweight is not None:
-            raise AttributeError("W of an NF4-quantized LoRALinear is read-only (it is stored in qweight)")
-        self.params["W"] = value
-
-    def __init__(
-        self,
-        in_features,
-        out_features,
-        r,
-        alpha,
-        *,
-        bias=True,
-        use_rslora=False,
-        dropout=0.0,
-        dtype=np.float32,
-        rng=None,
-        device="cpu",
-        use_dora=False,
-        dora_detach_norm=False,
-        init="gaussian",
-        quantize=None,
-        double_quant=True,
-        _base=None,
-    ):
+    def __init__(self, in_features, out_features, r, alpha, *, bias=True, use_rslora=False, dropout=0.0,
+                 dtype=np.float32, rng=None, device="cpu", _base=None, **variant):
         super().__init__()
+        unknown = sorted(set(variant) - set(VARIANT_KEYWORDS))  # the variant's class was chosen by __new__
+        if unknown:
+            raise TypeError(f"LoRALinear() got an unexpected keyword argument {unknown[0]!r}")
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         _init_adapter_settings(self, r, alpha, use_rslora, dtype, device, rng)
-        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-        self.dropout = float(dropout)
-        for flag, value in (("use_dora", use_dora), ("dora_detach_norm", dora_detach_norm), ("double_quant", double_quant)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{flag} must be True or False, got {value!r}")
-        if dora_detach_norm and not use_dora:
-            raise ValueError("dora_detach_norm=True only applies to DoRA: pass use_dora=True as well")
-        if init not in self.INITS:
-            raise ValueError(f"init must be one of {self.INITS}, got {init!r}")
-        if quantize not in self.QUANTIZE:
-            raise ValueError(f"quantize must be None or 'nf4', got {quantize!r}")
-        if init == "pissa" and self.r > min(self.in_features, self.out_features):
-            raise ValueError(
-                f"init='pissa' takes the top r singular vectors of W, so r must be <= min(in_features, "
-                f"out_features) = {min(self.in_features, self.out_features)}, got r={self.r}"
-            )
-        self.use_dora, self.dora_detach_norm, self.init = use_dora, dora_detach_norm, init
-        self.quantize, self.double_quant = quantize, double_quant
-        self.qweight = None
-        xp = get_xp(self.device)
+        self.dropout = check_probability(dropout)
         if _base is not None:  # from_linear: adopt copies of a pretrained W and b
             self.params["W"] = _base[0].copy()
             if _base[1] is not None:
@@ -324,59 +277,9 @@ class LoRALinear(Module):
         else:
             self.params["W"] = _init_normal(self._rng, (in_features, out_features), in_features**-0.5, self.dtype, self.device)
             if bias:
-                self.params["b"] = xp.zeros(out_features, dtype=self.dtype)
-        if quantize is not None and init == "gaussian":  # PiSSA quantizes its residual instead
-            self._quantize_base()
+                self.params["b"] = get_xp(self.device).zeros(out_features, dtype=self.dtype)
         self.reset_lora_parameters()
         self.frozen = self._always_frozen()
-
-    def _quantize_base(self):
-        from .quant import nf4_quantize
-
-        self.qweight = nf4_quantize(self.params.pop("W"), double_quant=self.double_quant)
-
-    def _always_frozen(self):
-        return {"W", "b"} & set(self.params)
-
-    def reset_lora_parameters(self):
-        """A ~ N(0, 1/in_features), B = 0 (see the class docstring for why); PiSSA: from the SVD of W.
-
-        With DoRA, m is then set to the norm of W + s * A @ B per output unit, so the layer
-        starts equal to its base.
-        """
-        if self.merged:
-            raise RuntimeError("reset_lora_parameters() on a merged layer: call unmerge() first")
-        if self.init == "pissa":
-            self._pissa_init()
-        else:
-            self.params["A"] = _init_normal(self._rng, (self.in_features, self.r), self.in_features**-0.5, self.dtype, self.device)
-            self.params["B"] = get_xp(self.device).zeros((self.r, self.out_features), dtype=self.dtype)
-        if self.use_dora:
-            xp = get_xp(self.device)
-            V = self.W + self.scaling * (self.A @ self.B)  # [d_in, d_out]
-            self.params["m"] = xp.sqrt((V * V).sum(axis=0)).astype(self.dtype)  # norm per output unit
-
-    def _pissa_init(self):
-        """W = U S Vt (in float64): A = U_r sqrt(S_r / s), B = sqrt(S_r / s) Vt_r, W <- W - s A @ B.
-
-        Dividing by s makes s * A @ B equal the rank-r part U_r S_r Vt_r whatever alpha is.
-        A second call (``reset_lora_parameters``) first folds the current adapter back into W.
-        """
-        if self.qweight is not None and "A" in self.params:
-            raise RuntimeError("reset_lora_parameters() with init='pissa' on an NF4 base would re-quantize it; build a new layer")
-        xp = get_xp(self.device)
-        W = self.params["W"]
-        if "A" in self.params:
-            W = W + self.scaling * (self.A @ self.B)
-        U, S, Vt = np.linalg.svd(np.asarray(to_numpy(W), dtype=np.float64), full_matrices=False)
-        root = np.sqrt(S[: self.r] / self.scaling)
-        A = U[:, : self.r] * root  # [d_in, r]
-        B = root[:, None] * Vt[: self.r]  # [r, d_out]
-        self.params["A"] = xp.asarray(A.astype(self.dtype))
-        self.params["B"] = xp.asarray(B.astype(self.dtype))
-        self.params["W"] = W - self.scaling * (self.params["A"] @ self.params["B"])
-        if self.quantize is not None:
-            self._quantize_base()
 
     @classmethod
     def from_linear(cls, linear: Linear, r, alpha, **kwargs) -> "LoRALinear":
@@ -391,6 +294,16 @@ class LoRALinear(Module):
             dtype=linear.dtype, device=linear.device, _base=(linear.W, linear.b), **kwargs,
         )
 
+    def reset_lora_parameters(self):
+        """A ~ N(0, 1/in_features), B = 0 (see the class docstring for why)."""
+        if self.merged:
+            raise RuntimeError("reset_lora_parameters() on a merged layer: call unmerge() first")
+        self.params["A"] = _init_normal(self._rng, (self.in_features, self.r), self.in_features**-0.5, self.dtype, self.device)
+        self.params["B"] = get_xp(self.device).zeros((self.r, self.out_features), dtype=self.dtype)
+
+    def _always_frozen(self):
+        return {"W", "b"} & set(self.params)
+
     @property
     def b(self):
         return self.params.get("b")
@@ -399,25 +312,12 @@ class LoRALinear(Module):
     def forward(self, x):
         """x: (..., in_features) -> (..., out_features)"""
         _check_input(self, x, self.in_features)
-        if self.merged:
+        if self.merged or self.disabled:  # the base layer alone: the update is inside W, or switched off
             out, cache = F.linear_forward(x, self.W, self.b)
-            self._cache = ("merged", cache)
-            return out
-        if self.disabled:
-            out, cache = F.linear_forward(x, self.W, self.b)
-            self._cache = ("disabled", cache)
-            return out
-        mask = None
-        if self.training and self.dropout > 0.0:
-            mask = F.dropout_mask(x.shape, self.dropout, self._rng, self.dtype, get_xp(self.device))
-        if self.use_dora:
-            out, cache = F.dora_linear_forward(
-                x, self.W, self.b, self.A, self.B, self.params["m"], self.scaling, mask, self.dora_detach_norm
-            )
-            self._cache = ("dora", cache)
+            self._cache = ("merged" if self.merged else "disabled", cache)
             return out
         forward = F.lora_linear_forward_fast if self.fast_path else F.lora_linear_forward
-        out, cache = forward(x, self.W, self.b, self.A, self.B, self.scaling, mask)
+        out, cache = forward(x, self.W, self.b, self.A, self.B, self.scaling, self._dropout_mask(x))
         self._cache = ("lora_fast" if self.fast_path else "lora", cache)
         return out
 
@@ -425,77 +325,79 @@ class LoRALinear(Module):
         """dout: (..., out_features) -> dx; fills grads['A'] and grads['B'] (W, b stay frozen)."""
         kind, cache = self._pop_cache()
         if kind == "merged":
-            raise RuntimeError(
-                "backward() through a merged LoRALinear: the adapter is folded into W and cannot be "
-                "trained; call unmerge() before training"
-            )
+            raise RuntimeError("backward() through a merged LoRALinear: the adapter is folded into W and "
+                               "cannot be trained; call unmerge() before training")
         if kind == "disabled":
             return F.linear_backward(dout, cache, need_dW=False)["dx"]
-        if kind == "dora":
-            grads = F.dora_linear_backward(dout, cache)
-            self._set_grads(grads, {"A": "dA", "B": "dB", "m": "dm"})
-            return grads["dx"]
         backward = F.lora_linear_backward_fast if kind == "lora_fast" else F.lora_linear_backward
         grads = backward(dout, cache)
         self._set_grads(grads, {"A": "dA", "B": "dB"})
         return grads["dx"]
 
+    def _dropout_mask(self, x):
+        """The inverted-dropout mask for the adapter's input (training only), or None."""
+        if not self.training or self.dropout == 0.0:
+            return None
+        return F.dropout_mask(x.shape, self.dropout, self._rng, self.dtype, get_xp(self.device))
+
     # --- merging -------------------------------------------------------------------
     def delta_weight(self):
-        """scaling * A @ B, shape (in_features, out_features).  Forms the full product.
-
-        DoRA: W' - W with W' = m * V / ||V|| (V = W + s * A @ B).
-        """
-        if self.use_dora:
-            W = self.W
-            V = W + (self.A @ self.B) * self.scaling
-            return V * (self.params["m"] / get_xp(self.device).sqrt((V * V).sum(axis=0))) - W
+        """scaling * A @ B, shape (in_features, out_features).  Forms the full product."""
         return (self.A @ self.B) * self.scaling
-
-    def _check_mergeable(self):
-        if self.qweight is not None:
-            raise RuntimeError(
-                "merge()/unmerge() on an NF4-quantized base: folding the update into 4-bit codes would "
-                "re-quantize it; dequantize (layer.W) into a float Linear first"
-            )
-        if self.disabled:
-            raise RuntimeError("merge()/unmerge() on a disabled adapter: set layer.disabled = False first")
 
     def merge(self):
         """Fold the update into W (W += s * A @ B) so inference costs one product."""
-        if self.merged:
-            raise RuntimeError("merge() called twice: the adapter is already merged into W")
-        self._check_mergeable()
-        if self.use_dora:  # W <- m * V / ||V||; remember the factor to undo it
-            V = self.params["W"] + (self.A @ self.B) * self.scaling
-            self._merge_factor = self.params["m"] / get_xp(self.device).sqrt((V * V).sum(axis=0))
-            self.params["W"] = V * self._merge_factor
-        else:
-            self.params["W"] += self.delta_weight()
+        self._check_merge(merging=True)
+        self.params["W"] += self.delta_weight()
         self.merged = True
 
     def unmerge(self):
         """Take the update out of W again (W -= s * A @ B)."""
-        if not self.merged:
-            raise RuntimeError("unmerge() called but the adapter is not merged")
-        self._check_mergeable()
-        if self.use_dora:
-            self.params["W"] = self.params["W"] / self._merge_factor - (self.A @ self.B) * self.scaling
-        else:
-            self.params["W"] -= self.delta_weight()
+        self._check_merge(merging=False)
+        self.params["W"] -= self.delta_weight()
         self.merged = False
+
+    def _check_merge(self, merging):
+        if self.merged == merging:
+            raise RuntimeError("merge() called twice: the adapter is already merged into W" if merging
+                               else "unmerge() called but the adapter is not merged")
+        if self.disabled:
+            raise RuntimeError("merge()/unmerge() on a disabled adapter: set layer.disabled = False first")
 
     def __repr__(self):
         rule = "alpha/sqrt(r)" if self.use_rslora else "alpha/r"
+        notes = self._variant_notes() + (["disabled"] if self.disabled else [])
         return (
-            f"LoRALinear({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, "
-            f"scaling={self.scaling:g} [{rule}], merged={self.merged}, dtype={self.dtype.name}"
-            + (", dora" + (" (detached norm)" if self.dora_detach_norm else "") if self.use_dora else "")
-            + (", init=pissa" if self.init == "pissa" else "")
-            + (f", quantize={self.quantize}" if self.quantize else "")
-            + (", disabled" if self.disabled else "")
-            + ")"
+            f"LoRALinear({self.in_features}, {self.out_features}, r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g} "
+            f"[{rule}], merged={self.merged}, dtype={self.dtype.name}" + "".join(", " + n for n in notes) + ")"
         )
+
+    # --- which variant (each is a class of its own in lora_np.variants) ---------------
+    init, quantize, dora_detach_norm, _dora = "gaussian", None, False, False  # plain LoRA: no variant
+
+    def __new__(cls, *args, **kwargs):
+        """Pick the class: plain LoRALinear, or the variant the keywords name (``variants.linear_class``)."""
+        from .variants import linear_class  # variants builds on this module, so it is imported when used
+
+        chosen = linear_class(cls, **{k: kwargs[k] for k in VARIANT_KEYWORDS if k in kwargs})
+        if not issubclass(chosen, cls):  # e.g. DoRALinear(..., use_dora=False)
+            raise TypeError(f"{cls.__name__} cannot turn its own variant off: build a {chosen.__name__} instead")
+        return super().__new__(chosen)
+
+    @property
+    def use_dora(self) -> bool:
+        """True for DoRA.  Setting it changes the layer's class between LoRA and DoRA (``adapters``
+        does this when it switches a layer between a plain and a DoRA adapter)."""
+        return self._dora
+
+    @use_dora.setter
+    def use_dora(self, value):
+        from .variants import linear_class
+
+        self.__class__ = linear_class(type(self), use_dora=value)
+
+    def _variant_notes(self) -> list:
+        return []  # each variant adds its name (lora_np.variants)
 
 
 class LayerNorm(Module):
@@ -522,6 +424,18 @@ class LayerNorm(Module):
         return grads["dx"]
 
 
+def _check_indices(module, idx):
+    """Integer indices on the module's device, in [0, num_embeddings)."""
+    xp = get_xp(module.device)
+    name = type(module).__name__
+    if not isinstance(idx, xp.ndarray) or not np.issubdtype(idx.dtype, np.integer):
+        raise TypeError(f"{name} expects an integer {xp.__name__} array of indices, got {getattr(idx, 'dtype', type(idx))}")
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= module.num_embeddings):
+        raise ValueError(
+            f"{name} indices must lie in [0, {module.num_embeddings}), got min {int(idx.min())}, max {int(idx.max())}"
+        )
+
+
 class Embedding(Module):
     """A lookup table (num_embeddings, dim), initialised N(0, 1); backward is a scatter-add."""
 
@@ -535,13 +449,7 @@ class Embedding(Module):
 
     def forward(self, idx):
         """idx: integer array (...) with values in [0, num_embeddings) -> (..., dim)"""
-        xp = get_xp(self.device)
-        if not isinstance(idx, xp.ndarray) or not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"Embedding expects an integer {xp.__name__} array of indices, got {getattr(idx, 'dtype', type(idx))}")
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= self.num_embeddings):
-            raise ValueError(
-                f"Embedding indices must lie in [0, {self.num_embeddings}), got min {int(idx.min())}, max {int(idx.max())}"
-            )
+        _check_indices(self, idx)
         out, self._cache = F.embedding_forward(idx, self.params["table"])
         return out
 
@@ -549,18 +457,6 @@ class Embedding(Module):
         grads = F.embedding_backward(dout, self._pop_cache())
         self._set_grads(grads, {"table": "dtable"})
         return None  # integer indices have no gradient
-
-
-def _check_indices(module, idx):
-    """Integer indices on the module's device, in [0, num_embeddings)."""
-    xp = get_xp(module.device)
-    name = type(module).__name__
-    if not isinstance(idx, xp.ndarray) or not np.issubdtype(idx.dtype, np.integer):
-        raise TypeError(f"{name} expects an integer {xp.__name__} array of indices, got {getattr(idx, 'dtype', type(idx))}")
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= module.num_embeddings):
-        raise ValueError(
-            f"{name} indices must lie in [0, {module.num_embeddings}), got min {int(idx.min())}, max {int(idx.max())}"
-        )
 
 
 class LoRAEmbedding(Module):
@@ -684,9 +580,7 @@ class Dropout(Module):
 
     def __init__(self, p=0.0, *, rng=None):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout must be a probability in [0, 1), got {p!r}")
-        self.p = float(p)
+        self.p = check_probability(p)
         self._rng = as_generator(rng)
 
     def forward(self, x):

@@ -106,15 +106,23 @@ def trainable_parameters(model: Module) -> list:
 
 
 def summary(model: Module) -> str:
-    """A table of the trainable parameters, with totals and their share of the model."""
+    """A table of the trainable parameters, with totals and their share of the model.
+
+    A base weight stored in NF4 (``quantize="nf4"``) is not in ``params``, but it is still part
+    of the model: its values count in the total, and a last line says how many and in how many bytes.
+    """
     rows = trainable_parameters(model)
-    total = model.num_parameters()
+    quantized = [m.qweight for _, m in model.named_modules() if getattr(m, "qweight", None) is not None]
+    stored = sum(q.size for q in quantized)
+    total = model.num_parameters() + stored
     trainable = sum(c for _, _, c in rows)
     width = max([len(n) for n, _, _ in rows] + [9])
     lines = [f"{'parameter':<{width}}  {'shape':<14} {'count':>10}"]
     lines += [f"{n:<{width}}  {str(s):<14} {c:>10,}" for n, s, c in rows]
     share = 100.0 * trainable / total if total else 0.0
     lines.append(f"trainable {trainable:,} of {total:,} parameters ({share:.2f}%)")
+    if quantized:
+        lines.append(f"{stored:,} frozen base weights stored in NF4 ({sum(q.nbytes for q in quantized):,} bytes)")
     return "\n".join(lines)
 
 

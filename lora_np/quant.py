@@ -84,6 +84,16 @@ def _check_weight(W):
         raise TypeError(f"quantize expects a floating-point NumPy or CuPy array, got {type(W).__name__} {getattr(W, 'dtype', '')}")
     if W.size == 0:
         raise ValueError("cannot quantize an empty array")
+    finite = xp.isfinite(W)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"cannot quantize: W holds {int((~finite).sum())} non-finite value(s) (inf or NaN) of {W.size}; "
+            "a block scale is the block's max |w|, so one inf or NaN would spoil its block (and, through the "
+            "double-quantized scales, every block): replace them with finite values first"
+        )
+    amax, limit = float(xp.abs(W).max()), float(np.finfo(np.float32).max)
+    if amax > limit:
+        raise ValueError(f"cannot quantize: max |W| = {amax:.3g} is beyond float32's range ({limit:.3g}), in which the block scales are kept")
     return xp
 
 
@@ -145,10 +155,12 @@ class NF4Tensor:
         """The float32 block scales (n_blocks,), dequantized from 8 bits under double quantization."""
         if not self.double_quant:
             return self.scales
-        dq = self.scale_codes.astype(np.float32).reshape(-1, self.dq_block_size)
-        scales = dq * (self.scale_scales[:, None] / 127.0) + np.float32(self.scale_mean)
+        xp = get_array_module(self.scale_codes)
+        dq = self.scale_codes.astype(np.float64).reshape(-1, self.dq_block_size)
+        scales = dq * (self.scale_scales[:, None].astype(np.float64) / 127.0) + self.scale_mean  # float64: no overflow
         n_blocks = -(-self.size // self.block_size)
-        return scales.reshape(-1)[:n_blocks].astype(np.float32)
+        top = float(np.finfo(np.float32).max)  # a scale near float32's max may round just past it
+        return xp.clip(scales.reshape(-1)[:n_blocks], -top, top).astype(np.float32)
 
     def dequantize(self, dtype=None):
         """The weight as a float array of ``shape`` (default: the dtype it was quantized from)."""
@@ -172,8 +184,9 @@ class NF4Tensor:
 def nf4_quantize(W, block_size=64, double_quant=True, dq_block_size=256) -> NF4Tensor:
     """Quantize a float array to NF4 with blockwise absmax scaling (see the module docstring).
 
-    W: any shape, float16/32/64, NumPy or CuPy.  Each value maps to the nearest codebook entry
-    of ``W / scale`` (ties go to the upper entry).  Returns an ``NF4Tensor``.
+    W: any shape, float16/32/64, NumPy or CuPy, finite and within float32's range (else a
+    ValueError).  Each value maps to the nearest codebook entry of ``W / scale`` (a value exactly
+    halfway between two entries goes to the upper one).  Returns an ``NF4Tensor``.
     """
     xp = _check_weight(W)
     block_size = _check_block(block_size, "block_size")
@@ -191,7 +204,7 @@ def nf4_quantize(W, block_size=64, double_quant=True, dq_block_size=256) -> NF4T
     if not double_quant:
         q.scales = amax.astype(np.float32)
         return q
-    mean = float(amax.mean())
+    mean = float(np.float32(float(amax.astype(np.float64).mean())))  # summed in float64: scales near float32's max
     sblocks = _blocks(amax - np.float32(mean), dq_block_size, xp)  # [n_scale_blocks, 256]
     _, ssafe = _absmax(sblocks, xp)
     q.scale_codes = xp.clip(xp.rint(sblocks / ssafe[:, None] * 127.0), -127, 127).astype(np.int8).reshape(-1)

@@ -210,3 +210,38 @@ def test_deepcopy_gives_independent_model(rng):
     clone = copy.deepcopy(model)
     clone.layers[0].W[...] = 0
     assert np.abs(model.layers[0].W).sum() > 0
+
+
+@pytest.mark.parametrize("make", [lambda: ln.Embedding(5, 3), lambda: ln.LoRAEmbedding(5, 3, 2, 4.0)])
+def test_embeddings_check_indices_alike(make):
+    layer = make()
+    name = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"{name} indices must lie in \[0, 5\), got min -1, max 2"):
+        layer(np.array([2, -1]))
+    with pytest.raises(TypeError, match=rf"{name} expects an integer numpy array of indices, got float64"):
+        layer(np.zeros(3))
+    assert layer(np.zeros((0,), dtype=np.int64)).shape == (0, 3)
+
+
+def test_merge_of_a_disabled_adapter_is_refused_and_changes_nothing(rng):
+    layer = ln.LoRALinear(5, 4, 2, 4.0, **F64)
+    randomize_B(layer)
+    W0 = layer.W.copy()
+    layer.disabled = True
+    with pytest.raises(RuntimeError, match=r"merge\(\)/unmerge\(\) on a disabled adapter"):
+        layer.merge()
+    assert not layer.merged
+    np.testing.assert_array_equal(layer.W, W0)
+    layer.disabled = False
+    layer.merge()
+    layer.disabled = True
+    with pytest.raises(RuntimeError, match="disabled adapter"):
+        layer.unmerge()
+    assert layer.merged
+
+
+@pytest.mark.parametrize("p", [1.0, -0.1, 1.5, True, "0.1", float("nan")])
+def test_dropout_probability_checked_alike(p):
+    for make in (lambda: ln.Dropout(p), lambda: ln.LoRALinear(4, 3, 2, 2.0, dropout=p)):
+        with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\), got"):
+            make()

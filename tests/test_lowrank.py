@@ -100,3 +100,43 @@ def test_subspace_similarity_bounds(rng):
 def test_bad_input(call, exc, message):
     with pytest.raises(exc, match=message):
         call()
+
+
+@pytest.mark.parametrize("d_in, d_out, r", [(30, 20, 4), (20, 30, 4), (4096, 1024, 8), (7, 300, 7)])
+def test_param_count_on_non_square_layers(d_in, d_out, r):
+    pc = lowrank.param_count(d_in, d_out, r)
+    assert (pc.d_in, pc.d_out, pc.r) == (d_in, d_out, r)
+    assert pc.full == d_in * d_out and pc.lora == r * (d_in + d_out)
+    assert pc.ratio == pytest.approx(d_in * d_out / (r * (d_in + d_out)))
+    assert pc.bytes(2) == (2 * d_in * d_out, 2 * r * (d_in + d_out))
+    if d_in * d_out < 10**5:  # the count is what a real layer holds
+        from lora_np import LoRALinear
+
+        layer = LoRALinear(d_in, d_out, r, 1.0, bias=False)
+        assert layer.W.size == pc.full and layer.A.size + layer.B.size == pc.lora
+        assert layer.A.shape == (d_in, r) and layer.B.shape == (r, d_out)
+    assert lowrank.param_count(30, 20, 4).lora == 200 and lowrank.param_count(4096, 1024, 8).lora == 40_960
+
+
+def borderline(dtype, shape=(40, 8), seed=0):
+    """A matrix whose singular values straddle NumPy's default tolerance max(shape) * eps * sigma_max:
+    3x above it (kept), 0.6x (dropped, though above min(shape) * eps * sigma_max), 0.1x (dropped)."""
+    rng = np.random.default_rng(seed)
+    eps = np.finfo(dtype).eps
+    tol = max(shape) * eps
+    sigma = np.array([1.0, 0.3, 3 * tol, 0.6 * tol, 0.1 * tol] + [0.0] * (min(shape) - 5))
+    U = np.linalg.qr(rng.standard_normal((shape[0], min(shape))))[0]
+    V = np.linalg.qr(rng.standard_normal((shape[1], min(shape))))[0]
+    return ((U * sigma) @ V.T).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("transpose", [False, True])
+def test_rank_tolerance_agrees_with_numpy_matrix_rank(dtype, transpose):
+    for seed in range(5):
+        M = borderline(dtype, seed=seed)
+        M = M.T if transpose else M
+        assert lowrank.rank(M) == np.linalg.matrix_rank(M) == 3, seed
+        s = np.linalg.svd(M, compute_uv=False).astype(np.float64)
+        for tol in (0.5 * (s[0] + s[1]), 0.5 * (s[1] + s[2]), 0.5 * (s[2] + s[3]), 0.5 * (s[3] + s[4]), 0.0):
+            assert lowrank.rank(M, tol=tol) == np.linalg.matrix_rank(M, tol=tol), (seed, tol)

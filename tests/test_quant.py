@@ -153,3 +153,101 @@ def test_pissa_on_nf4_quantizes_only_the_residual():
     assert err_pissa < 0.1 * err_plain
     with pytest.raises(RuntimeError, match="re-quantize"):
         pissa.reset_lora_parameters()
+
+
+# --- what the scales and the codes hold exactly ---------------------------------------------
+
+
+def test_double_quantized_scales_decode_to_the_block_maximum():
+    """Each decoded scale is the true block max |w| to within half an 8-bit step of its scale block."""
+    W = gaussian(64 * 256 * 2 + 64 * 37 + 5, seed=4)  # 549 blocks (the last padded), 3 blocks of scales
+    W[:64] *= 40.0  # one block far larger than the rest: the steps are not all alike
+    q = nf4_quantize(W)
+    padded = np.concatenate([W, np.zeros((-W.size) % 64, np.float32)])
+    true_max = np.abs(padded.reshape(-1, 64)).max(axis=1).astype(np.float64)
+    step = np.repeat(q.scale_scales.astype(np.float64) / 127.0, 256)[: true_max.size]
+    decoded = q.block_scales().astype(np.float64)
+    assert decoded.shape == true_max.shape and decoded.dtype == np.float64
+    assert np.all(np.abs(decoded - true_max) <= 0.5 * step + 1e-6 * true_max)
+    assert np.abs(decoded - true_max).max() > 0  # the 8-bit codes do round: the bound is what is tested
+    single = nf4_quantize(W, double_quant=False)
+    np.testing.assert_array_equal(single.block_scales(), true_max.astype(np.float32))
+
+
+def test_a_value_halfway_between_two_entries_goes_to_the_upper_one():
+    """The documented tie rule: w / scale exactly on a midpoint takes the upper codebook entry."""
+    mid = (NF4_CODEBOOK[1:] + NF4_CODEBOOK[:-1]) / 2  # float32, as nf4_quantize computes them
+    W = np.zeros(64, np.float32)
+    W[0] = 1.0  # the block's absmax: scale 1, so w / scale == w exactly
+    W[1:16] = mid
+    W[16:31] = np.nextafter(mid, np.float32(-np.inf))  # one float32 step below: the lower entry
+    out = nf4_quantize(W, double_quant=False).dequantize()
+    np.testing.assert_array_equal(out[1:16], NF4_CODEBOOK[1:])
+    np.testing.assert_array_equal(out[16:31], NF4_CODEBOOK[:-1])
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_non_finite_weights_are_refused(bad):
+    W = gaussian(200)
+    W[130] = bad
+    with pytest.raises(ValueError, match=r"1 non-finite value\(s\) \(inf or NaN\) of 200"):
+        nf4_quantize(W)
+    with pytest.raises(ValueError, match="non-finite"):
+        int4_roundtrip(W)
+    with pytest.raises(ValueError, match="non-finite"):
+        ln.LoRALinear.from_linear(_linear_with(W.reshape(20, 10)), 2, 4.0, quantize="nf4")
+
+
+def test_values_beyond_float32_are_refused():
+    W = gaussian(100, dtype=np.float64)
+    W[7] = 1e300
+    with pytest.raises(ValueError, match=r"max \|W\| = 1e\+300 is beyond float32's range"):
+        nf4_quantize(W)
+
+
+@pytest.mark.parametrize("huge", [3.4e38, -3.3e38, 1.0e30])
+def test_huge_finite_weights_stay_finite(huge):
+    """Weights near float32's max no longer overflow the scales' statistics into NaN everywhere
+    (the sum of the block maxima is beyond float32, and a decoded scale may round past its max)."""
+    W = gaussian(64 * 300, seed=2)
+    W[[70, 200, 460]] = huge  # blocks 1, 3 and 7
+    for double_quant in (False, True):
+        q = nf4_quantize(W, double_quant=double_quant)
+        out = q.dequantize()
+        assert np.all(np.isfinite(out)) and np.all(np.isfinite(q.block_scales()))
+        np.testing.assert_allclose(out[[70, 200, 460]], huge, rtol=0.01)
+    # single-level scales: every other block is exactly what it is alone
+    out = nf4_quantize(W, double_quant=False).dequantize()
+    keep = np.setdiff1d(np.arange(300), [1, 3, 7])
+    alone = nf4_quantize(W.reshape(-1, 64)[keep].reshape(-1), double_quant=False).dequantize()
+    np.testing.assert_array_equal(out.reshape(-1, 64)[keep].reshape(-1), alone)
+
+
+def _linear_with(W):
+    layer = ln.Linear(*W.shape, dtype=W.dtype)
+    layer.params["W"] = W
+    return layer
+
+
+def test_summary_counts_the_nf4_base():
+    model = ln.MLP([64, 32, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", quantize="nf4", rng=0)
+    text = ln.summary(model)
+    trainable = 2 * (64 + 32) + 2 * (32 + 4)
+    stored = 64 * 32 + 32 * 4  # the frozen weights, now 4-bit codes outside ``params``
+    biases = 32 + 4
+    assert f"trainable {trainable:,} of {trainable + biases + stored:,} parameters" in text
+    nbytes = sum(layer.qweight.nbytes for layer in model.layers)
+    assert f"{stored:,} frozen base weights stored in NF4 ({nbytes:,} bytes)" in text
+
+
+def test_many_blocks_at_float32s_max_decode_finite():
+    """Most blocks at float32's max: in float32, code * step + mean can round past the max (to
+    inf); the scales are decoded in float64 and clipped to float32's range."""
+    W = gaussian(64 * 300, seed=0)
+    top = np.finfo(np.float32).max
+    W[::80] = top  # 240 of the 300 blocks hold the largest float32 (a float32 decode overflows here)
+    with np.errstate(over="raise", invalid="raise"):  # no overflow on the way, not even one clipped afterwards
+        q = nf4_quantize(W)
+        assert np.all(np.isfinite(q.block_scales())) and np.all(np.isfinite(q.dequantize()))
+    np.testing.assert_allclose(q.dequantize()[::80], top, rtol=1e-6)

@@ -122,6 +122,217 @@ def test_dora_in_a_model_trains_m():
     assert names == sorted(f"layers.{i}.{k}" for i in (0, 1) for k in "ABm")
 
 
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_dora_merge_unmerge_at_scale_4(rng, use_rslora):
+    """s = 4 (alpha 8, r 2; rsLoRA alpha 8 r 4): a merge or unmerge that dropped s would be off by far more."""
+    r = 4 if use_rslora else 2
+    layer = ln.LoRALinear(6, 4, r, 8.0, use_dora=True, use_rslora=use_rslora, **F64)
+    assert layer.scaling == 4.0
+    perturb(layer)
+    x = rng.standard_normal((3, 6))
+    before, W0 = layer(x), layer.W.copy()
+    V = W0 + 4.0 * layer.A @ layer.B
+    layer.merge()
+    np.testing.assert_allclose(layer.W, layer.params["m"] * V / np.linalg.norm(V, axis=0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer(x), before, rtol=1e-12, atol=1e-12)
+    layer.unmerge()
+    np.testing.assert_allclose(layer.W, W0, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(layer(x), before, rtol=1e-12, atol=1e-12)
+
+
+def test_dora_disabled_and_merged_take_the_base_path(rng):
+    layer = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, **F64)
+    perturb(layer)
+    x, dout = rng.standard_normal((3, 6)), rng.standard_normal((3, 4))
+    layer.disabled = True
+    np.testing.assert_array_equal(layer(x), x @ layer.W + layer.b)
+    np.testing.assert_allclose(layer.backward(dout), dout @ layer.W.T, rtol=1e-14)
+    assert layer.grads == {}
+    layer.disabled = False
+    layer.merge()
+    layer(x)
+    with pytest.raises(RuntimeError, match="backward\\(\\) through a merged LoRALinear.*call unmerge"):
+        layer.backward(dout)
+    with pytest.raises(RuntimeError, match="before forward"):
+        layer.backward(dout)
+
+
+def dead_unit_base(dtype, unit=2):
+    base = ln.Linear(6, 4, dtype=dtype, rng=0)
+    base.W[:, unit] = 0.0  # a dead output unit: its column of W is zero
+    return base
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_dora_on_a_zero_column_is_finite_and_starts_as_the_base(rng, dtype):
+    base = dead_unit_base(dtype)
+    layer = ln.LoRALinear.from_linear(base, 2, 4.0, use_dora=True, rng=1)
+    eps = np.finfo(dtype).eps
+    assert layer.params["m"][2] == pytest.approx(eps, rel=1e-6)  # the norm of a zero column is eps, not 0
+    x = rng.standard_normal((5, 6)).astype(dtype)
+    with np.errstate(all="raise"):  # no 0/0 anywhere (NumPy would raise FloatingPointError)
+        out = layer(x)
+        np.testing.assert_array_equal(out, base(x))
+        layer.backward(rng.standard_normal(out.shape).astype(dtype))
+    assert all(np.all(np.isfinite(g)) for g in layer.grads.values())
+    opt = ln.SGD(layer, lr=0.1)
+    for _ in range(5):  # the dead unit's B column moves away from 0: still finite throughout
+        with np.errstate(all="raise"):
+            layer.backward(layer(x) - 1.0)
+        opt.step()
+    W0 = layer.W.copy()
+    layer.merge()
+    layer.unmerge()
+    assert np.all(np.isfinite(layer.W))
+    np.testing.assert_allclose(layer.W, W0, rtol=0, atol=1e-12 if dtype == np.float64 else 1e-5)
+
+
+def test_dora_gradients_with_a_zero_column_of_W(rng):
+    """The epsilon does not bend the gradient: with B moved off 0 the dead unit's V column is not 0."""
+    layer = ln.LoRALinear.from_linear(dead_unit_base(np.float64), 2, 3.0, use_dora=True, rng=1)
+    perturb(layer)
+    assert_rows_pass(check_module(layer, rng.standard_normal((2, 3, 6))))
+
+
+def test_dora_zero_magnitude_is_finite_and_merge_refuses_it(rng):
+    layer = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, **F64)
+    perturb(layer)
+    layer.params["m"][1] = 0.0
+    x = rng.standard_normal((3, 6))
+    with np.errstate(all="raise"):
+        out = layer(x)
+        layer.backward(np.ones_like(out))
+    np.testing.assert_array_equal(out[:, 1], layer.b[1])  # unit 1 outputs its bias alone
+    assert layer.grads["m"][1] != 0  # ... and m can grow back
+    W0 = layer.W.copy()
+    with pytest.raises(ValueError, match=r"cannot merge DoRA: m / \|\|V\|\| is zero or not finite for output units \[1\]"):
+        layer.merge()
+    assert not layer.merged
+    np.testing.assert_array_equal(layer.W, W0)  # nothing changed
+    layer.params["m"][1] = np.nan
+    with pytest.raises(ValueError, match=r"output units \[1\]"):
+        layer.merge()
+
+
+def test_dora_column_norm_epsilon():
+    V = np.zeros((3, 2), np.float32)
+    V[:, 0] = [3.0, 4.0, 0.0]
+    np.testing.assert_array_equal(F.dora_column_norm(V), np.array([5.0, np.finfo(np.float32).eps], np.float32))
+    assert F.dora_column_norm(V, eps=0.5)[1] == 0.5
+
+
+def test_variant_classes():
+    from lora_np import variants
+
+    plain = ln.LoRALinear(6, 4, 2, 4.0)
+    assert type(plain) is ln.LoRALinear and not plain.use_dora and plain.init == "gaussian" and plain.quantize is None
+    assert type(ln.LoRALinear(6, 4, 2, 4.0, use_dora=True)) is ln.DoRALinear
+    assert type(ln.LoRALinear(6, 4, 2, 4.0, init="pissa")) is ln.PiSSALinear
+    assert type(ln.LoRALinear(6, 4, 2, 4.0, quantize="nf4")) is ln.NF4Linear
+    both = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, quantize="nf4")
+    assert isinstance(both, (ln.DoRALinear)) and isinstance(both, ln.NF4Linear) and isinstance(both, ln.LoRALinear)
+    assert type(both) is variants.linear_class(use_dora=True, quantize="nf4")  # made once, reused
+    assert type(ln.DoRALinear(6, 4, 2, 4.0)) is ln.DoRALinear and ln.DoRALinear(6, 4, 2, 4.0).use_dora
+    model = ln.MLP([6, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", use_dora=True)
+    assert type(model.layers[0]) is ln.DoRALinear
+    with pytest.raises(TypeError, match="LoRALinear\\(\\) got an unexpected keyword argument 'use_dorra'"):
+        ln.LoRALinear(6, 4, 2, 4.0, use_dorra=True)
+    with pytest.raises(TypeError, match="DoRALinear cannot turn its own variant off: build a LoRALinear"):
+        ln.DoRALinear(6, 4, 2, 4.0, use_dora=False)
+    assert type(ln.DoRALinear(6, 4, 2, 4.0, quantize="nf4")) is type(both)
+
+
+@pytest.mark.parametrize("variant", [{}, {"use_dora": True}, {"init": "pissa"}, {"quantize": "nf4"},
+                                     {"use_dora": True, "quantize": "nf4", "init": "pissa"}])
+def test_variant_layers_deepcopy(rng, variant):
+    import copy
+
+    layer = ln.LoRALinear(6, 4, 2, 4.0, rng=0, **variant)
+    layer.B[...] = rng.standard_normal(layer.B.shape)
+    clone = copy.deepcopy(layer)
+    assert type(clone) is type(layer) and repr(clone) == repr(layer)
+    x = rng.standard_normal((3, 6)).astype(np.float32)
+    np.testing.assert_array_equal(clone(x), layer(x))
+    clone.B[...] = 0
+    assert np.abs(layer.B).sum() > 0
+    import pickle
+
+    again = pickle.loads(pickle.dumps(layer))
+    assert type(again) is type(layer)
+    np.testing.assert_array_equal(again(x), layer(x))
+
+
+@pytest.mark.parametrize("variant", [{"use_dora": True, "quantize": "nf4"}, {"use_dora": True, "init": "pissa"},
+                                     {"quantize": "nf4", "init": "pissa"}, {"use_dora": True, "quantize": "nf4", "init": "pissa"}])
+def test_combined_variants_start_as_their_stored_base(rng, variant):
+    """PiSSA's split, then NF4's quantization of the residual, then DoRA's m from what is stored."""
+    base = ln.Linear(64, 16, dtype=np.float64, rng=0)
+    layer = ln.LoRALinear.from_linear(base, 4, 8.0, rng=1, **variant)
+    x = rng.standard_normal((3, 64))
+    expected = x @ (layer.W + layer.scaling * layer.A @ layer.B) + layer.b  # W is the stored base
+    np.testing.assert_allclose(layer(x), expected, rtol=1e-12, atol=1e-12)
+    if "m" in layer.params:
+        np.testing.assert_allclose(layer.params["m"], np.linalg.norm(layer.W + layer.scaling * layer.A @ layer.B, axis=0), rtol=1e-12)
+    if variant.get("quantize"):
+        assert "W" not in layer.params and layer.qweight.shape == (64, 16)
+    rows = check_module(layer, rng.standard_normal((2, 64)))
+    assert_rows_pass(rows)
+
+
+def test_plain_lora_layer_has_no_variant_branch():
+    """LoRALinear's own methods are plain LoRA: no variant is named inside them."""
+    import inspect
+
+    for name in ("__init__", "reset_lora_parameters", "forward", "backward", "delta_weight", "merge", "unmerge"):
+        source = inspect.getsource(getattr(ln.LoRALinear, name)).lower()
+        assert not any(word in source for word in ("dora", "pissa", "nf4", "qweight", "quantiz")), name
+
+
+def test_use_dora_switches_the_class_and_back(rng):
+    """What adapters.add_adapter / set_adapter do to a layer: use_dora = True, reset, then back."""
+    layer = ln.LoRALinear(6, 4, 2, 4.0, **F64)
+    x = rng.standard_normal((3, 6))
+    layer.use_dora = True
+    assert type(layer) is ln.DoRALinear
+    layer.reset_lora_parameters()
+    assert set(layer.params) == {"W", "b", "A", "B", "m"}
+    np.testing.assert_allclose(layer(x), x @ layer.W + layer.b, atol=1e-12)
+    layer.params.pop("m")
+    layer.use_dora = False
+    assert type(layer) is ln.LoRALinear
+    with pytest.raises(TypeError, match="use_dora must be True or False"):
+        layer.use_dora = 1
+
+
+def test_the_transaction_net_restores_the_variant_class():
+    """A layer's variant is its class (use_dora = True makes it a DoRALinear), so whatever puts a
+    model back after a failed call must put the class back with the attributes."""
+    all_or_nothing = getattr(ln.lora, "all_or_nothing", None)
+    if all_or_nothing is None:
+        pytest.skip("lora.all_or_nothing (the net under model-changing calls) is not in this tree")
+    model = ln.MLP([6, 5, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", rng=0)
+    x = np.ones((2, 6), np.float32)
+    before = model(x)
+    with pytest.raises(RuntimeError, match="half way"):
+        with all_or_nothing(model):
+            model.layers[1].use_dora = True
+            raise RuntimeError("failed half way")
+    assert [type(layer) for layer in model.layers] == [ln.LoRALinear, ln.LoRALinear]
+    np.testing.assert_array_equal(model(x), before)
+
+
+def test_pissa_init_function(rng):
+    from lora_np.variants import pissa_init
+
+    W = rng.standard_normal((7, 5))
+    A, B, residual = pissa_init(W, 2, 4.0)
+    assert A.shape == (7, 2) and B.shape == (2, 5) and residual.dtype == W.dtype
+    np.testing.assert_allclose(residual + 4.0 * A @ B, W, atol=1e-12)
+    np.testing.assert_allclose(np.linalg.svd(residual, compute_uv=False)[:3], np.linalg.svd(W, compute_uv=False)[2:], atol=1e-12)
+
+
 # --- PiSSA ----------------------------------------------------------------------------------
 
 
@@ -277,3 +488,23 @@ def test_lora_embedding_gradcheck_on_device(device):
     layer.params["A"] = backend.to_device(np.random.default_rng(1).standard_normal((7, 2)), device)
     rows = check_module(layer, backend.to_device(np.array([[1, 2, 1], [6, 1, 0]]), device))
     assert_rows_pass(rows)
+
+
+def test_variant_reprs_name_each_variant():
+    assert repr(ln.LoRALinear(6, 4, 2, 4.0)) == (
+        "LoRALinear(6, 4, r=2, alpha=4, scaling=2 [alpha/r], merged=False, dtype=float32)"
+    )
+    layer = ln.LoRALinear(6, 4, 2, 4.0, use_dora=True, dora_detach_norm=True, init="pissa", quantize="nf4")
+    layer.disabled = True
+    assert repr(layer).endswith("dtype=float32, dora (detached norm), quantize=nf4, init=pissa, disabled)")
+    assert repr(ln.LoRALinear(6, 4, 4, 4.0, use_rslora=True, quantize="nf4")).endswith(
+        "scaling=2 [alpha/sqrt(r)], merged=False, dtype=float32, quantize=nf4)"
+    )
+
+
+def test_nf4_reset_draws_a_new_adapter_on_the_same_codes(rng):
+    layer = ln.LoRALinear(64, 8, 2, 4.0, quantize="nf4", rng=0)
+    codes, A0 = layer.qweight.codes.copy(), layer.A.copy()
+    layer.reset_lora_parameters()
+    np.testing.assert_array_equal(layer.qweight.codes, codes)  # the base is quantized once, not again
+    assert "W" not in layer.params and not np.array_equal(layer.A, A0) and np.all(layer.B == 0)
