@@ -3,8 +3,10 @@ checked before any work starts (argparse-style errors naming the flag, exit stat
 
 import argparse
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -143,15 +145,34 @@ def test_demo_gpu_without_cupy_is_refused_before_work(capsys, no_training, monke
     assert "argument --device:" in err and "CuPy" in err
 
 
-def test_demo_lora_beats_frozen(tmp_path, capsys):
-    args = parse_args(["demo", "--steps", "150", "--pretrain-steps", "300", "--out", str(tmp_path / "demo.png")])
+def _readme_demo_table():
+    """{method: (trainable, rotated before, rotated after, upright after)} from the README's demo output."""
+    rows = {}
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for line in text.splitlines():
+        m = re.match(r"^(frozen \(no tuning\)|full fine-tuning|LoRA r=4, alpha=8)\s+([\d,]+)\s+[\d.]+%\s+"
+                     r"([\d.]+)%\s+([\d.]+)%\s+([\d.]+)%", line)
+        if m:
+            rows[m.group(1)] = (int(m.group(2).replace(",", "")), *(float(g) for g in m.group(3, 4, 5)))
+    return rows
+
+
+def test_demo_default_run_is_the_readmes(tmp_path, capsys):
+    """The default demo (seed 0) reproduces the table the README shows, and LoRA learns the new task."""
+    args = parse_args(["demo", "--out", str(tmp_path / "demo.png")])
     results = run_demo(args)
     frozen, full, lora = (results[k] for k in ("frozen (no tuning)", "full fine-tuning", "LoRA r=4, alpha=8"))
     assert lora["rotated_after"] > frozen["rotated_after"] + 0.3
     assert full["rotated_after"] > frozen["rotated_after"] + 0.3
     assert lora["trainable"] == 4 * (64 + 128) + 4 * (128 + 128) + 4 * (128 + 10)
     assert full["trainable"] == 64 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10
-    assert 0 < lora["upright_after"] < frozen["upright_after"]  # the old task, tracked beside the new
+    assert lora["upright_after"] < frozen["upright_after"]  # the old task, tracked beside the new
+    readme = _readme_demo_table()
+    assert set(readme) == set(results)
+    for name, row in results.items():
+        shown = (row["trainable"], 100 * row["rotated_before"], 100 * row["rotated_after"], 100 * row["upright_after"])
+        assert readme[name][0] == shown[0], name
+        assert readme[name][1:] == pytest.approx(shown[1:], abs=0.051), name
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.png"]  # no temporary file left
     out = capsys.readouterr().out

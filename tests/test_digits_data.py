@@ -64,3 +64,21 @@ def test_matches_scikit_learn_when_installed():
     images, target = load_digits()
     np.testing.assert_array_equal(images, d.data)
     np.testing.assert_array_equal(target, d.target)
+
+
+def test_a_non_editable_install_ships_the_digits_and_their_licence():
+    tomllib = pytest.importorskip("tomllib")
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    shipped = config["tool"]["setuptools"]["package-data"]["lora_np"]
+    assert "_data/digits.npz" in shipped and "_data/README.md" in shipped
+    assert (root / "lora_np" / "_data" / "digits.npz").stat().st_size < 100_000
+    note = (root / "lora_np" / "_data" / "README.md").read_text()
+    assert "Alpaydin" in note and "Kaynak" in note and "CC BY 4.0" in note
+    assert config["project"]["license"] == "MIT"
+    assert config["project"]["requires-python"] == ">=3.10"
+    deps = " ".join(config["project"]["dependencies"]).lower()
+    assert "scikit-learn" not in deps and "scipy" not in deps
+    assert "scikit-learn" not in (root / "requirements.txt").read_text()
