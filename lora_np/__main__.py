@@ -1,9 +1,12 @@
 """Command line: ``lora-np params ...`` and ``lora-np demo`` (or ``python -m lora_np ...``).
 
-params  how many values full fine-tuning and LoRA train, in count, bytes and scale.
+params  how many values full fine-tuning and LoRA train, in count, bytes and scale, for one
+        layer (--d-in) or a real model's config.json (--config, --model), with training memory.
 demo    pretrain an MLP on handwritten digits, then adapt it to rotated digits three ways
         (frozen, full fine-tuning, LoRA), all with hand-derived gradients; print a table
         and write a PNG of the curves.
+finetune-gpt2  LoRA-tune a GPT-2 checkpoint folder on a text file with hand-derived gradients;
+        print samples before and after, save the adapter in PEFT's format.
 
 Every argument is checked before any work starts; a bad one is an argparse-style error
 (usage line, the flag's name, what was expected), exit status 2.  Output stays within
@@ -17,6 +20,7 @@ import copy
 import math
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -25,6 +29,8 @@ import numpy as np
 from . import __version__
 
 MAX_WIDTH = 100  # columns of everything the command line prints
+BUNDLED_MODELS = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-3-8b", "mistral-7b",
+                  "qwen2-0.5b", "gemma-2b", "phi-3-mini")  # lora_np/configs/*.json
 DEMO_SIZES = [64, 128, 128, 10]  # the demo's MLP
 DEMO_MAX_R = min(min(a, b) for a, b in zip(DEMO_SIZES[:-1], DEMO_SIZES[1:]))  # 10: layer 128 x 10
 
@@ -66,6 +72,13 @@ def finite_float(text):
     return value
 
 
+def non_negative_float(text):
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
 def positive_float(text):
     value = finite_float(text)
     if value <= 0:
@@ -80,6 +93,27 @@ def _mb(n_bytes):
 
 def check_params_args(args, parser) -> None:
     """Cross-argument checks of ``params`` (each flag alone is checked by its type)."""
+    model_mode = args.config is not None or args.model is not None
+    if model_mode:
+        for flag, value in (("--d-in", args.d_in), ("--d-out", args.d_out), ("--layers", args.layers),
+                            ("--n-adapted", args.n_adapted)):
+            if value is not None:
+                parser.error(f"argument {flag}: not allowed with --config/--model (the config gives every shape)")
+        from . import hfconfig
+
+        source = args.model if args.model is not None else args.config
+        try:  # everything is computed here, so nothing is printed before an error
+            config = hfconfig.load_config(source)
+            targets = args.targets or ",".join(hfconfig.default_targets(config))
+            args.report_text = hfconfig.report_text(config, targets, args.r, dtype=args.dtype, as_json=args.json,
+                                                    name=args.model or "")
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(f"argument {'--model' if args.model else '--config'}: {err}")
+        return
+    if args.d_in is None:
+        parser.error("one of the arguments --d-in, --config, --model is required")
+    if args.targets is not None or args.json:
+        parser.error("arguments --targets and --json need --config or --model")
     if args.d_out is None:
         args.d_out = args.d_in
     if args.n_adapted is not None and args.layers is None:
@@ -125,6 +159,9 @@ def params_report(args) -> tuple[list[str], list[str]]:
 
 
 def cmd_params(args) -> int:
+    if getattr(args, "report_text", None) is not None:
+        print(args.report_text)
+        return 0
     lines, notes = params_report(args)
     for note in notes:
         print(note, file=sys.stderr)
@@ -326,6 +363,115 @@ def _run_demo(args, threads) -> dict:
     }
 
 
+# --- finetune-gpt2 ------------------------------------------------------------------------
+def _writable_folder(parser, flag, path: Path) -> None:
+    """An argparse error unless ``path`` is (or can be created as) a folder we may write in."""
+    if path.exists() and not path.is_dir():
+        parser.error(f"argument {flag}: {str(path)!r} exists and is not a folder")
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        parser.error(f"argument {flag}: cannot create {str(path)!r}: {str(folder)!r} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        parser.error(f"argument {flag}: no permission to write in {str(folder)!r}")
+
+
+def check_finetune_args(args, parser) -> None:
+    """Everything ``finetune-gpt2`` needs, checked before the weights are read."""
+    import json
+
+    from .backend import resolve_device
+    from .gpt2 import GPT2Config, load_tokenizer
+
+    weights = Path(args.weights)
+    for name in ("config.json", "model.safetensors"):
+        if not (weights / name).is_file():
+            parser.error(f"argument --weights: {str(weights / name)!r} not found (a GPT-2 checkpoint folder holds "
+                         "config.json and model.safetensors)")
+    try:
+        args.gpt2_config = GPT2Config.from_dict(json.loads((weights / "config.json").read_text(encoding="utf-8")))
+    except (ValueError, TypeError) as err:
+        parser.error(f"argument --weights: {err}")
+    try:
+        args.tokenizer = load_tokenizer(weights)
+    except ImportError as err:
+        parser.error(f"argument --weights: {err}")
+    if args.tokenizer is None:
+        parser.error(f"argument --weights: {str(weights / 'tokenizer.json')!r} not found: the text is tokenized with "
+                     "the checkpoint's own tokenizer (pip install tokenizers)")
+    targets = [t.strip() for t in args.targets.split(",")]
+    bad = [t for t in targets if t not in ("c_attn", "c_proj", "c_fc")]
+    if bad or not targets:
+        parser.error(f"argument --targets: GPT-2's linear layers are c_attn, c_proj and c_fc, got {args.targets!r}")
+    args.target_list = tuple(targets)
+    if args.seq_len > args.gpt2_config.n_positions:
+        parser.error(f"argument --seq-len: at most n_positions = {args.gpt2_config.n_positions}, got {args.seq_len}")
+    try:
+        text = Path(args.text).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        parser.error(f"argument --text: {args.text!r} not found")
+    except (OSError, UnicodeDecodeError) as err:
+        parser.error(f"argument --text: cannot read {args.text!r} as UTF-8 text: {err}")
+    args.tokens = np.asarray(args.tokenizer.encode(text).ids, dtype=np.int64)
+    if len(args.tokens) < args.seq_len + 1:
+        parser.error(f"argument --text: {len(args.tokens):,} tokens; a window of --seq-len {args.seq_len} needs at "
+                     f"least {args.seq_len + 1} (use a longer text or a smaller --seq-len)")
+    if args.tokens.max() >= args.gpt2_config.vocab_size:
+        parser.error(f"argument --weights: the tokenizer gives ids up to {int(args.tokens.max())}, beyond the "
+                     f"model's vocab_size {args.gpt2_config.vocab_size}: they do not belong together")
+    if args.prompt is None:
+        args.prompt = " ".join(text.split()[:8])
+    args.prompt_ids = np.asarray(args.tokenizer.encode(args.prompt).ids, dtype=np.int64)
+    if len(args.prompt_ids) == 0:
+        parser.error("argument --prompt: the prompt has no tokens")
+    if args.r >= args.gpt2_config.n_embd:
+        parser.error(f"argument --r: must be below n_embd = {args.gpt2_config.n_embd}, got {args.r}")
+    try:
+        args.device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        parser.error(f"argument --device: {err}")
+    _writable_folder(parser, "--out", Path(args.out))
+
+
+def _sample(model, args, label) -> None:
+    from .gpt2 import generate
+
+    ids = generate(model, args.prompt_ids[None, :], args.sample_tokens, temperature=args.temperature, rng=args.seed)
+    text = args.tokenizer.decode([int(i) for i in ids[0]])
+    print(f"{label}:")
+    for line in textwrap.wrap(" ".join(text.split()), MAX_WIDTH - 4) or [""]:
+        print(f"    {line}")
+
+
+def cmd_finetune_gpt2(args) -> int:
+    from . import adapters
+    from .gpt2 import finetune, load_gpt2
+    from .runtime import limit_blas_threads
+
+    t0 = time.perf_counter()
+    with limit_blas_threads(args.threads):
+        model = load_gpt2(args.weights, device=args.device)
+        c = model.config
+        print(f"GPT-2 checkpoint: {c.n_layer} blocks, n_embd {c.n_embd}, {c.n_head} heads, vocab "
+              f"{c.vocab_size:,}; {model.num_parameters():,} parameters")
+        print(f"text: {len(args.tokens):,} tokens; LoRA r = {args.r}, alpha = {args.alpha:g} on "
+              f"{', '.join(args.target_list)}; {args.steps} steps of {args.batch_size} x {args.seq_len} tokens")
+        _sample(model, args, "sample before")
+        history = finetune(model, args.tokens, steps=args.steps, r=args.r, alpha=args.alpha, lr=args.lr,
+                           batch_size=args.batch_size, seq_len=args.seq_len, targets=args.target_list,
+                           seed=args.seed, progress=args.progress)
+        n = max(1, min(10, len(history.loss) // 2))
+        first, last = float(np.mean(history.loss[:n])), float(np.mean(history.loss[-n:]))
+        print(f"loss (mean of {n} steps): first {first:.4f}, last {last:.4f}; "
+              f"trainable {model.num_parameters(True):,} of {model.num_parameters():,}")
+        _sample(model, args, "sample after")
+        paths = adapters.export_peft(model, args.out)
+    print(f"adapter (PEFT format) written in {time.perf_counter() - t0:.1f} s to")
+    print(f"  {paths['config'].parent}")
+    return 0
+
+
 # --- the parser -----------------------------------------------------------------------------
 class _Formatter(argparse.HelpFormatter):
     """Help within 100 columns; each option's default appended unless None or already said."""
@@ -350,14 +496,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}",
                         help="print the version and exit")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{params,demo}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{params,demo,finetune-gpt2}")
 
     p = sub.add_parser("params", formatter_class=_Formatter,
                        help="trainable values of full fine-tuning vs LoRA for one layer (or a model)",
                        description="How many values full fine-tuning and LoRA train for one d_in x d_out layer "
                                    "(count, float32 bytes, AdamW state, scale), and optionally for a model "
                                    "with the LoRA paper's formula.")
-    p.add_argument("--d-in", type=positive_int, required=True, metavar="N",
+    p.add_argument("--d-in", type=positive_int, metavar="N",
                    help="input features of the layer (d_model for a model)")
     p.add_argument("--d-out", type=positive_int, metavar="N", help="output features (default: d_in)")
     p.add_argument("--r", type=positive_int, required=True, metavar="R", help="LoRA rank")
@@ -366,6 +512,18 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
                    help="also count a model with L layers of d_model x d_model projections")
     p.add_argument("--n-adapted", type=positive_int, metavar="K",
                    help="adapted matrices per layer, with --layers (default: 2, q and v)")
+    real = p.add_mutually_exclusive_group()
+    real.add_argument("--config", metavar="PATH",
+                      help="a Hugging Face config.json (or its folder): count that architecture instead of one layer")
+    real.add_argument("--model", metavar="NAME", choices=BUNDLED_MODELS,
+                      help=f"a bundled config: {', '.join(BUNDLED_MODELS)}")
+    p.add_argument("--targets", metavar="NAMES",
+                   help="with --config/--model: module names as in PEFT's target_modules (q_proj,v_proj; c_attn; "
+                        "...) or all-linear (default: PEFT's default for the architecture)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16",
+                   help="with --config/--model: the dtype of the weights, for the memory table")
+    p.add_argument("--json", action="store_true",
+                   help="with --config/--model: print one JSON object (trainable, total, modules, memory)")
     p.set_defaults(func=cmd_params, check=check_params_args, _parser=p)
 
     d = sub.add_parser("demo", formatter_class=_Formatter,
@@ -389,6 +547,34 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     d.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bars (default: shown in a terminal, hidden in CI logs and pipes)")
     d.set_defaults(func=cmd_demo, check=check_demo_args, _parser=d)
+
+    g = sub.add_parser("finetune-gpt2", formatter_class=_Formatter,
+                       help="LoRA-tune a GPT-2 checkpoint on a text file, with hand-derived gradients",
+                       description="Load a GPT-2 checkpoint folder (config.json, model.safetensors, tokenizer.json: "
+                                   "gpt2 ... gpt2-xl, distilgpt2), add LoRA to its layers, train on random windows "
+                                   "of a text file, print samples before and after, and save the adapter in "
+                                   "PEFT's format (adapter_config.json + adapter_model.safetensors).")
+    g.add_argument("--weights", required=True, metavar="DIR", help="the checkpoint folder (you download it; none is shipped)")
+    g.add_argument("--text", required=True, metavar="FILE", help="a UTF-8 text file to train on")
+    g.add_argument("--r", type=positive_int, default=8, help="LoRA rank")
+    g.add_argument("--alpha", type=positive_float, default=16.0, metavar="A", help="LoRA alpha; the scale is alpha/r")
+    g.add_argument("--targets", default="c_attn", metavar="NAMES",
+                   help="comma-separated layers to adapt: c_attn, c_proj, c_fc (PEFT's GPT-2 default: c_attn)")
+    g.add_argument("--steps", type=positive_int, default=200, metavar="N", help="training steps")
+    g.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate")
+    g.add_argument("--batch-size", type=positive_int, default=8, metavar="B", help="windows per step")
+    g.add_argument("--seq-len", type=positive_int, default=128, metavar="T", help="tokens per window")
+    g.add_argument("--prompt", default=None, help="text to continue in the samples (default: the text's first words)")
+    g.add_argument("--sample-tokens", type=non_negative_int, default=30, metavar="N", help="tokens per sample")
+    g.add_argument("--temperature", type=non_negative_float, default=0.0, metavar="T",
+                   help="sampling temperature; 0 is greedy")
+    g.add_argument("--out", default="out/gpt2-lora", metavar="DIR", help="where to save the adapter")
+    g.add_argument("--seed", type=non_negative_int, default=0, metavar="N", help="seed of A, the windows and sampling")
+    g.add_argument("--device", default=None, choices=["cpu", "gpu"], help="where to train (default: $LORA_NP_DEVICE, else cpu)")
+    g.add_argument("--threads", type=positive_int, default=None, metavar="N", help="BLAS threads (default: as configured)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: shown in a terminal, hidden in CI logs and pipes)")
+    g.set_defaults(func=cmd_finetune_gpt2, check=check_finetune_args, _parser=g)
     return parser
 
 
@@ -403,6 +589,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # the output went to `head` or a closed pipe: not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, TypeError, RuntimeError) as err:
         print(f"{args._parser.prog}: error: {err}", file=sys.stderr)
         return 1

@@ -104,6 +104,16 @@ def bundled_config(name: str) -> dict:
     return json.loads(text)
 
 
+# PEFT's default target_modules per model_type (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING)
+PEFT_DEFAULT_TARGETS = {"gpt2": ("c_attn",), "llama": ("q_proj", "v_proj"), "mistral": ("q_proj", "v_proj"),
+                        "qwen2": ("q_proj", "v_proj"), "gemma": ("q_proj", "v_proj"), "phi3": ("qkv_proj",)}
+
+
+def default_targets(config) -> tuple:
+    """The layers PEFT adapts when ``target_modules`` is not given, for this config's model_type."""
+    return PEFT_DEFAULT_TARGETS[model_layers(config).model_type]
+
+
 def _int(config, key, default=None):
     value = config.get(key, default)
     if value is None:
@@ -353,7 +363,7 @@ def format_report(report: LoraReport, memory: dict | None = None, name: str = ""
     return "\n".join(lines)
 
 
-def report_text(source, targets, r, *, dtype="bfloat16", as_json=False) -> str:
+def report_text(source, targets, r, *, dtype="bfloat16", as_json=False, name="") -> str:
     """What the ``params --config/--model`` command prints: the report and memory, as text or one JSON object.
 
     Everything is checked (the config, the targets, r, dtype) before anything is formatted.
@@ -370,5 +380,5 @@ def report_text(source, targets, r, *, dtype="bfloat16", as_json=False) -> str:
                                    "master": m.master, "total": m.total} for m in memory["methods"]},
         }
         return json.dumps(out, indent=2)
-    name = source if isinstance(source, str) and source in BUNDLED else ""
+    name = name or (source if isinstance(source, str) and source in BUNDLED else "")
     return format_report(report, memory, name)

@@ -61,7 +61,7 @@ BAD_PARAMS = [
     (["--d-in", "10", "--r", "1", "--layers", "0"], "argument --layers: expected a positive integer"),
     (["--d-in", "10", "--r", "1", "--n-adapted", "3"], "argument --n-adapted: needs --layers"),
     (["--d-in", "10", "--r", "1", "--layers", "2", "--n-adapted", "0"], "argument --n-adapted: expected a positive"),
-    (["--r", "1"], "the following arguments are required: --d-in"),
+    (["--r", "1"], "one of the arguments --d-in, --config, --model is required"),
     (["--d-in", "10", "--r", "1", "--bogus"], "unrecognized arguments: --bogus"),
 ]
 
