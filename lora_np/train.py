@@ -6,8 +6,8 @@ soon as the loss is NaN or infinite, instead of training on garbage.
 
 from __future__ import annotations
 
+import functools
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from . import functional as F
 from .backend import get_array_module, to_numpy
+from .runtime import default_progress, limit_blas_threads, resolve_threads
 
 
 class TrainingDiverged(FloatingPointError):
@@ -57,19 +58,36 @@ def check_finite(loss, step, optimizer=None):
         )
 
 
-def fit(model, optimizer, data, steps, *, loss="cross_entropy", eval_fn=None, eval_every=None, progress=None, desc="train"):
+def _pinned_blas_threads(fit_fn):
+    """Run ``fit_fn(model, ..., threads=...)`` with BLAS limited as ``threads`` asks (see runtime)."""
+
+    @functools.wraps(fit_fn)
+    def wrapper(model, *args, threads="auto", **kwargs):
+        with limit_blas_threads(resolve_threads(threads, model)):
+            return fit_fn(model, *args, threads=threads, **kwargs)
+
+    return wrapper
+
+
+@_pinned_blas_threads
+def fit(model, optimizer, data, steps, *, loss="cross_entropy", eval_fn=None, eval_every=None, progress=None, desc="train",
+        threads="auto"):
     """Train ``model`` for ``steps`` steps on batches drawn from ``data``.
 
     data: an iterator of ``(x, target)`` batches (see ``data.batches``).
     loss: ``"cross_entropy"``, ``"mse"`` or a callable ``(output, target) -> (loss, dout)``.
     eval_fn: optional ``model -> float`` run every ``eval_every`` steps and at the end.
-    progress: show a tqdm bar; ``None`` shows it only when stderr is a terminal.
+    progress: show a tqdm bar (``tqdm.auto``: a widget in Jupyter); ``None`` shows it in Jupyter
+        and in a terminal, not in CI logs nor when stderr is a file (``lora_np.runtime``).
+    threads: BLAS threads while training: ``"auto"`` (one for a model of at most 2**20 values,
+        where a second thread only slows it down; else as configured), ``None`` (as configured)
+        or an int.
     """
     from tqdm.auto import tqdm
 
     loss_fn = LOSSES[loss] if isinstance(loss, str) else loss
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = default_progress()
     history = History()
     start = time.perf_counter()
     model.train()
