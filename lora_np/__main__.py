@@ -212,9 +212,8 @@ def run_demo(args) -> dict:
 
     ``args`` as parsed (and checked) by ``parse_args``.
     """
-    from .runtime import blas_threads_for, limit_blas_threads
-
     from . import MLP
+    from .runtime import blas_threads_for, limit_blas_threads
 
     threads = args.threads if args.threads is not None else blas_threads_for(MLP(DEMO_SIZES, rng=0))
     with limit_blas_threads(threads):
