@@ -249,9 +249,8 @@ def run_demo(args) -> dict:
 
     ``args`` as parsed (and checked) by ``parse_args``.
     """
-    from .runtime import blas_threads_for, limit_blas_threads
-
     from . import MLP
+    from .runtime import blas_threads_for, limit_blas_threads
 
     threads = args.threads if args.threads is not None else blas_threads_for(MLP(DEMO_SIZES, rng=0))
     with limit_blas_threads(threads):
@@ -335,17 +334,17 @@ def _run_demo(args, threads) -> dict:
 
     out = Path(args.out)
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(12, 3.4))
+    window = max(1, min(10, args.steps))  # a 10-step running mean, shorter when there are fewer steps
     for i, (label, hist) in enumerate(histories.items()):
         color = f"C{i}"
         loss = np.asarray(hist.loss)
-        window = max(1, min(10, len(loss)))
         smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax1.plot(np.arange(window, len(loss) + 1), smooth, color=color, label=label)
         ax2.plot(hist.eval_steps, [100 * a for a in hist.eval], marker="o", ms=3, color=color, label=label)
         ax3.plot(hist.eval_steps, [100 * a for a in hist.upright], marker="o", ms=3, color=color, label=label)
     ax2.axhline(100 * base_rot, color="gray", ls="--", label="frozen")
     ax3.axhline(100 * base_orig, color="gray", ls="--", label="frozen (before tuning)")
-    ax1.set(title="training loss (rotated digits)", xlabel="step", ylabel="cross-entropy (10-step mean)",
+    ax1.set(title="training loss (rotated digits)", xlabel="step", ylabel=f"cross-entropy ({window}-step mean)",
             yscale="log")
     ax2.set(title="new task: rotated digits", xlabel="step", ylabel="test accuracy %", ylim=(0, 100))
     ax3.set(title="old task: upright digits (forgetting)", xlabel="step", ylabel="test accuracy %", ylim=(0, 100))

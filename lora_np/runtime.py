@@ -39,9 +39,13 @@ def check_threads(threads, name="threads"):
 def blas_threads_for(model) -> int | None:
     """The BLAS thread count that is fastest for ``model``: 1 if it is small, else None.
 
-    None means "as configured" (OpenBLAS's default: one thread per core).
+    None means "as configured" (OpenBLAS's default: one thread per core), also for an object
+    that cannot count its parameters (the caller's own checks then say what is wrong).
     """
-    return 1 if model.num_parameters() <= SMALL_MODEL_VALUES else None
+    count = getattr(model, "num_parameters", None)
+    if not callable(count):
+        return None
+    return 1 if count() <= SMALL_MODEL_VALUES else None
 
 
 def resolve_threads(threads, model) -> int | None:
