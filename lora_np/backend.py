@@ -30,7 +30,7 @@ DEVICES = ("cpu", "gpu")
 ENV_VAR = "LORA_NP_DEVICE"
 
 _CUPY_HINT = (
-    "install CuPy for your CUDA version, e.g. `pip install cupy-cuda12x` "
+    "install CuPy for your CUDA version with its CUDA libraries, e.g. `pip install 'cupy-cuda12x[ctk]'` "
     "(or `pip install -r requirements-gpu.txt`), on a machine with an NVIDIA GPU"
 )
 
