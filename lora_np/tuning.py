@@ -16,6 +16,8 @@ ipywidgets control that saves no widget state and no text form of itself in a no
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -108,13 +110,29 @@ class Sweep:
         return float(np.exp(np.clip(vertex, x[0], x[2])))
 
 
+def _show_progress() -> bool:
+    """Progress bars: ``LORA_NP_PROGRESS=0/1`` decides; off in CI; else in Jupyter or a terminal."""
+    setting = os.environ.get("LORA_NP_PROGRESS")
+    if setting in ("0", "1"):
+        return setting == "1"
+    if os.environ.get("CI"):
+        return False
+    try:
+        from lora_np.runtime import default_progress
+    except ImportError:
+        return "ipykernel" in sys.modules or sys.stderr.isatty()
+    return bool(default_progress())
+
+
 def lr_sweep(run: Callable[[float, int], float], lrs: Sequence[float], seeds: Sequence[int], *,
-             minimize: bool = True, log: bool = False) -> Sweep:
+             minimize: bool = True, log: bool = False, progress: bool | None = None, desc: str = "lr sweep") -> Sweep:
     """Call ``run(lr, seed)`` for every learning rate and seed; return a ``Sweep``.
 
     run: returns one float score (a loss when ``minimize``, an accuracy otherwise).
     lrs: at least 3 increasing learning rates, so that an interior best point can exist.
     seeds: at least 1 seed (use 3 or more to report a range).
+    progress: a ``tqdm.auto`` bar over the runs; None shows it in Jupyter and in a terminal, not in
+    CI or with ``LORA_NP_PROGRESS=0`` (how notebooks/run_all.py runs, so that none is saved).
     """
     lrs = tuple(float(v) for v in lrs)
     seeds = tuple(int(s) for s in seeds)
@@ -122,7 +140,15 @@ def lr_sweep(run: Callable[[float, int], float], lrs: Sequence[float], seeds: Se
         raise ValueError(f"lr_sweep: expected at least 3 increasing positive learning rates, got {lrs}")
     if not seeds:
         raise ValueError("lr_sweep: expected at least one seed, got none")
-    values = np.array([[float(run(lr, seed)) for seed in seeds] for lr in lrs])
+    from tqdm.auto import tqdm
+
+    show = _show_progress() if progress is None else bool(progress)
+    with tqdm(total=len(lrs) * len(seeds), desc=desc, disable=not show, leave=False) as bar:
+        values = np.empty((len(lrs), len(seeds)))
+        for i, lr in enumerate(lrs):
+            for j, seed in enumerate(seeds):
+                values[i, j] = float(run(lr, seed))
+                bar.update(1)
     if not np.all(np.isfinite(values)):
         raise ValueError("lr_sweep: run returned a non-finite score")
     if log and np.any(values <= 0):

@@ -113,3 +113,16 @@ def test_save_results_rejects_what_json_cannot_hold(tmp_path, bad, error):
     with pytest.raises(error, match="save_results"):
         save_results(path, bad)
     assert not path.exists()
+
+
+def test_sweep_progress_bar_follows_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("LORA_NP_PROGRESS", "0")
+    lr_sweep(lambda lr, seed: 1.0, (1e-3, 1e-2, 1e-1), (0,))
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("LORA_NP_PROGRESS", "1")
+    lr_sweep(lambda lr, seed: 1.0, (1e-3, 1e-2, 1e-1), (0,), desc="sweep")
+    assert "sweep" in capsys.readouterr().err
+    monkeypatch.delenv("LORA_NP_PROGRESS")
+    monkeypatch.setenv("CI", "true")
+    lr_sweep(lambda lr, seed: 1.0, (1e-3, 1e-2, 1e-1), (0,))
+    assert capsys.readouterr().err == ""
