@@ -126,3 +126,35 @@ def test_sweep_progress_bar_follows_the_environment(monkeypatch, capsys):
     monkeypatch.setenv("CI", "true")
     lr_sweep(lambda lr, seed: 1.0, (1e-3, 1e-2, 1e-1), (0,))
     assert capsys.readouterr().err == ""
+
+
+def _tiny_lora_loss(lr, seed):
+    """A 30-step LoRA fit of a planted rank-2 update: the kind of run the notebooks sweep."""
+    import lora_np as ln
+    from lora_np.train import mse
+
+    data = np.random.default_rng(7)
+    W0 = (data.standard_normal((32, 24)) / np.sqrt(32)).astype(np.float32)
+    target = W0 + (0.5 * data.standard_normal((32, 2)) @ data.standard_normal((2, 24))).astype(np.float32)
+    X = data.standard_normal((256, 32)).astype(np.float32)
+    layer = ln.LoRALinear(32, 24, 4, 4.0, bias=False, rng=seed)
+    layer.W[...] = W0
+    opt = ln.AdamW(layer, lr=lr)
+    order = np.random.default_rng(seed)
+    for _ in range(30):
+        take = order.integers(0, len(X), 32)
+        loss, dpred = mse(layer.forward(X[take]), X[take] @ target)
+        layer.backward(dpred)
+        opt.step()
+    return loss
+
+
+def test_sweeps_of_real_training_repeat_exactly_on_1_and_2_blas_threads():
+    from threadpoolctl import threadpool_limits
+
+    runs = []
+    for threads in (1, 1, 2):
+        with threadpool_limits(threads):
+            runs.append(lr_sweep(_tiny_lora_loss, (1e-3, 1e-2, 1e-1), (0, 1), progress=False).values)
+    assert np.array_equal(runs[0], runs[1])                 # a rerun gives the very same numbers
+    assert np.allclose(runs[0], runs[2], rtol=1e-5)          # and the thread count does not move them
