@@ -111,16 +111,9 @@ class Sweep:
 
 
 def _show_progress() -> bool:
-    """Progress bars: ``LORA_NP_PROGRESS=0/1`` decides; off in CI; else in Jupyter or a terminal."""
-    setting = os.environ.get("LORA_NP_PROGRESS")
-    if setting in ("0", "1"):
-        return setting == "1"
-    if os.environ.get("CI"):
-        return False
-    try:
-        from lora_np.runtime import default_progress
-    except ImportError:
-        return "ipykernel" in sys.modules or sys.stderr.isatty()
+    """Progress bars as everywhere in lora_np: see ``lora_np.runtime.default_progress``."""
+    from .runtime import default_progress
+
     return bool(default_progress())
 
 

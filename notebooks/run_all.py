@@ -14,6 +14,8 @@ The .ipynb files are the source of truth.  After a run:
   each run, "model not found" without a live kernel) and its text-form fallback
   (``interactive(children=(IntSlider(...``).  The notebooks draw a static figure or table
   beside every slider, and the slider appears when a kernel runs.
+* Consecutive printed chunks of a cell are merged into one stream (nbconvert's
+  ``CoalesceStreamsPreprocessor``): how the kernel split a long print is not a change.
 * Progress bars are off while the notebooks run (``LORA_NP_PROGRESS=0``), so none is saved.
 
 So a re-run changes a diff only where an output really changed.
@@ -29,7 +31,7 @@ from pathlib import Path
 
 import nbformat
 from nbclient import NotebookClient
-from nbconvert.preprocessors import ClearMetadataPreprocessor
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CoalesceStreamsPreprocessor
 
 HERE = Path(__file__).resolve().parent
 
@@ -85,6 +87,8 @@ def strip_volatile(nb):
         preserve_nb_metadata_mask={("language_info", "name")},
     )
     nb, _ = clear.preprocess(nb, {})
+    # one printed cell's output is one stream, however the kernel chunked it while it ran
+    nb, _ = CoalesceStreamsPreprocessor().preprocess(nb, {})
     for cell in nb.cells:  # the preprocessor clears code cells only; a markdown cell's timing goes too
         for key in ("execution", "ExecuteTime"):
             cell.metadata.pop(key, None)
