@@ -1158,8 +1158,14 @@ def save_results(results: dict, path=RESULTS_PATH) -> Path:
     return path
 
 
-def load_results(path=RESULTS_PATH) -> dict:
-    """The saved findings (see ``run_findings``), or a clear error saying how to make them."""
+def load_results(path=None) -> dict:
+    """The saved findings (see ``run_findings``), or a clear error saying how to make them.
+
+    Without a path: ``results/findings.json`` beside the package (an editable install or a
+    clone), else under the current folder or its parent (a notebook run from notebooks/)."""
+    if path is None:
+        candidates = [RESULTS_PATH, Path.cwd() / "results" / "findings.json", Path.cwd().parent / "results" / "findings.json"]
+        path = next((c for c in candidates if c.exists()), RESULTS_PATH)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run  python -m lora_np.experiments  from the repository root")
