@@ -822,7 +822,7 @@ def _d_int90(dims, rows, full):
 
 
 def intrinsic_dimension(widths=(16, 64), dims=(25, 50, 100, 200, 400), ft_dims=(10, 20, 40, 80, 160, 320), steps=300,
-                        seeds=(0, 1, 2), grid=None, full_grid=None, ft_steps=DIGITS_STEPS) -> dict:
+                        seeds=SEEDS, grid=None, full_grid=None, ft_steps=DIGITS_STEPS) -> dict:
     """Intrinsic dimension, measured twice.
 
     From scratch (Li et al. 2018): MLPs [64, w, 10] trained on upright digits in a random

@@ -254,3 +254,14 @@ def test_readme_findings_table_is_the_one_the_saved_results_give(R):
     readme = E.README_PATH.read_text()
     assert E.findings_table(R) in readme, "README findings table is stale: run  python -m lora_np.experiments --readme"
     assert not re.search(r"-0(\.0+)?(e[+-]\d+)?(?![\d.])", E.findings_table(R))  # no negative zero printed
+
+
+def test_notebook_08_committed_outputs_come_from_the_saved_results(R):
+    nb = json.loads((E.README_PATH.parent / "notebooks" / "08_paper_findings.ipynb").read_text())
+    shown = ["".join(out["data"]["text/markdown"]) for cell in nb["cells"] if cell["cell_type"] == "code"
+             for out in cell.get("outputs", []) if "text/markdown" in out.get("data", {})]
+    assert shown == [E.findings_table(R)], "notebook 08 is stale: run  python notebooks/run_all.py 08"
+    first = next(cell for cell in nb["cells"] if cell["cell_type"] == "code")
+    assert "import lora_np as ln" in "".join(first["source"])  # the shared first cell
+    text = "".join("".join(cell["source"]) for cell in nb["cells"] if cell["cell_type"] == "markdown")
+    assert "06_alpha_over_r.ipynb" in text and "09_variants.ipynb" in text and "## Summary" in text
