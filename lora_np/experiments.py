@@ -1184,6 +1184,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(RESULTS_PATH), help="the JSON file to update (default: %(default)s)")
     parser.add_argument("--readme", action="store_true", help="also rewrite the README's findings table")
     args = parser.parse_args(argv)
+    unknown = [n for n in args.names if n not in FINDINGS]
+    if unknown:
+        parser.error(f"unknown finding(s) {unknown}; choose from {', '.join(FINDINGS)}")
     path = Path(args.out)
     results = load_results(path) if path.exists() and args.names else {}
     with threadpool_limits(1):  # tiny matrices: one BLAS thread is fastest, and the results do not depend on it

@@ -142,6 +142,9 @@ def test_main_reruns_one_finding_into_a_file(tmp_path, capsys):
     assert saved["other"] == {"kept": 1}  # other findings are kept
     assert saved["planted_rank"]["ranks"] == [1, 2, 3, 4, 5, 6, 8]
     assert "planted_rank" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        E.main(["no_such_finding", "--out", str(out)])
+    assert "unknown finding" in capsys.readouterr().err and E.load_results(out) == saved  # nothing run, file unchanged
 
 
 # --- reruns are stable ---------------------------------------------------------------------------
