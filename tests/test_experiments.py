@@ -1,11 +1,17 @@
-"""The papers' findings in miniature (lora_np.experiments): each qualitative outcome, with margins.
+"""The papers' findings in miniature (lora_np.experiments).
 
-The margins were chosen after running every finding on several seeds; the comment above each
-test gives the spread measured there.  Runs share pretrained models and fine-tuning runs
-through the module's caches, so the order of the tests does not change what they compute.
+Three kinds of test:
+- the machinery: learning-rate tuning, sign-normalised SVD, the random-subspace gradient,
+  saving results atomically;
+- reruns: the same cheap runs give bit-identical numbers twice in a row and on 1 or 2 BLAS
+  threads, and a spot check of the saved results (one seed, rerun) falls in their range;
+- the saved results (results/findings.json, written by ``python -m lora_np.experiments``):
+  complete, every tuned rate inside its grid, enough seeds, the claims notebook 08 states
+  hold with margins, and the README's findings table is exactly the one they produce.
 """
 
-from dataclasses import asdict
+import json
+import re
 
 import numpy as np
 import pytest
@@ -16,118 +22,57 @@ from lora_np import experiments as E
 from lora_np.gradcheck import numerical_gradient, rel_error
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    # tiny matrices: one BLAS thread is faster than two, and much faster on a busy machine
-    with threadpool_limits(1):
-        yield
+@pytest.fixture(scope="module")
+def R():
+    return E.load_results()
 
 
-def _plain(value):
-    """True when value is made only of floats, ints, strings, lists and dicts."""
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
-    if isinstance(value, list):
-        return all(_plain(v) for v in value)
-    return isinstance(value, (bool, int, float, str)) and not isinstance(value, np.generic)
+# --- machinery ---------------------------------------------------------------------------------
+def test_tune_lr_widens_the_grid_until_the_best_rate_is_inside():
+    calls = []
+
+    def run(lr, seed):  # best at lr = 0.1, a parabola in log(lr)
+        calls.append((lr, seed))
+        return -((np.log(lr) - np.log(0.1)) ** 2) + 0.01 * seed
+
+    out = E.tune_lr(run, [1e-3, 2e-3, 4e-3], seeds=(0, 1, 2))
+    assert out["interior"] and 0 < out["best_index"] < len(out["lr_grid"]) - 1
+    assert 0.1 / 2 <= out["best_lr"] <= 0.1 * 2
+    assert out["lr_grid"] == sorted(out["lr_grid"]) and len(calls) == 3 * len(out["lr_grid"])  # each point once
+    low = E.tune_lr(lambda lr, s: -lr, [1.0, 2.0, 4.0], seeds=(0,), max_widen=2)  # keeps wanting smaller rates
+    assert not low["interior"] and low["lr_grid"][0] == 0.25
 
 
-# --- 1. rank sweep: saturates by r = 4; r = 1 is not competitive on these tasks ----------------
-# seeds 0-2: transformer r=1 0.59-0.76, r>=4 >= 0.997; MLP r=1 0.83-0.87, r>=4 0.92-0.95
-def test_rank_sweep():
-    res = E.rank_sweep(ranks=(1, 4, 8, 64), seeds=(0,))
-    assert _plain(asdict(res))
-    tf, mlp = dict(zip(res.ranks, res.transformer_accuracy)), dict(zip(res.ranks, res.mlp_accuracy))
-    assert res.transformer_base < 0.15 and res.mlp_base < 0.35  # the task really is new
-    assert min(tf[4], tf[8], tf[64]) > 0.97
-    assert max(tf[4], tf[8], tf[64]) - min(tf[4], tf[8], tf[64]) < 0.02  # flat from r = 4 on
-    assert tf[1] < tf[4] - 0.1  # r = 1 falls short
-    assert min(mlp[4], mlp[8], mlp[64]) > 0.9
-    assert mlp[64] < max(mlp[4], mlp[8]) + 0.02  # r = 64 buys nothing over r = 4 or 8
-    assert mlp[1] < mlp[4] - 0.03
-    assert res.transformer_trainable == [2 * 2 * r * 16 for r in res.ranks]  # q and v, r(16 + 16) each
+def test_tune_lr_minimises_and_breaks_ties_in_the_middle():
+    out = E.tune_lr(lambda lr, s: 1.0 if 0.01 <= lr <= 0.04 else 0.5, E.lr_grid(0.02), seeds=(0,))
+    assert out["best_lr"] == 0.02  # the middle of the tied rates 0.01, 0.02, 0.04
+    out = E.tune_lr(lambda lr, s: (np.log2(lr) + 5) ** 2, E.lr_grid(2.0**-5), seeds=(0,), maximize=False)
+    assert out["best_lr"] == 2.0**-5
+    with pytest.raises(ValueError, match="at least 3 points"):
+        E.tune_lr(lambda lr, s: 0.0, [1e-3, 1e-2], seeds=(0,))
 
 
-# --- 2. which weights: only matrices that can re-aim attention can do the lag task -------------
-# seeds 0-7: Wq r=8 and Wq,Wk r=4 all >= 0.998; Wv and Wo alone 0.06-0.07 (chance 1/16)
-def test_which_weights():
-    configs = (("q",), ("v",), ("o",), ("q", "k"))
-    res = E.which_weights(budget_rank=8, configs=configs, seeds=(0,))
-    assert res.labels == ["Wq", "Wv", "Wo", "Wq,Wk"] and res.ranks == [8, 8, 8, 4]
-    assert len(set(res.trainable)) == 1  # one budget
-    acc = dict(zip(res.labels, res.accuracy))
-    assert acc["Wq"] > 0.95 and acc["Wq,Wk"] > 0.95
-    assert acc["Wv"] < 0.15 and acc["Wo"] < 0.15
-    assert res.solved == [1, 0, 0, 1]
+def test_svd_is_sign_normalised_and_exact():
+    rng = np.random.default_rng(0)
+    M = rng.standard_normal((9, 5))
+    U, sigma, Vt = E.svd(M)
+    np.testing.assert_allclose((U * sigma) @ Vt, M, atol=1e-12)
+    assert np.all(U[np.argmax(np.abs(U), axis=0), np.arange(5)] > 0)  # largest entry of each column positive
+    U2, _, Vt2 = E.svd(-M)  # the same subspaces with flipped signs come out the same way
+    np.testing.assert_allclose(U2, U, atol=1e-12)
+    np.testing.assert_allclose(Vt2, -Vt, atol=1e-12)
 
 
-def test_which_weights_rejects_uneven_budget():
-    with pytest.raises(ValueError, match="divisible"):
-        E.which_weights(budget_rank=6, configs=(("q", "k", "v", "o"),))
+def test_fmt_never_prints_negative_zero():
+    assert E.fmt(-0.0001, ".2f") == "0.00" and E.fmt(-0.0, ".1e") == "0.0e+00"
+    assert E.fmt(-0.5, ".2f") == "-0.50" and E.fmt(0.126, ".2f") == "0.13"
+    assert E.span({"mean": 0.5, "min": 0.4, "max": 0.6}) == "0.50 (0.40–0.60)"
 
 
-# --- 3. subspace similarity: A_8's top direction lies in A_64's top-8 subspace -----------------
-# seed triples (0,1,2), (3,4,5), (6,7,8): phi(1, 8) 0.64-0.83 against 0.125 for random matrices
-def test_subspace_overlap():
-    res = E.subspace_overlap(r_small=8, r_large=64, seeds=(0, 1, 2))
-    assert res.d_in == 64
-    grid, rand = np.array(res.phi_small_large), np.array(res.phi_random)
-    assert grid.shape == (8, 64) and rand.shape == (8, 64)
-    assert np.all((grid >= -1e-9) & (grid <= 1 + 1e-6))
-    assert abs(res.phi_top_random - 8 / 64) < 0.05  # the baseline j / d_in
-    assert res.phi_top > 0.4 and res.phi_top > 3 * res.phi_top_random
-    assert grid[:8, :8].mean() > 1.5 * rand[:8, :8].mean()
-    assert grid[7, 63] == pytest.approx(1.0, abs=1e-4)  # 64 directions in 64 dimensions hold everything
+def test_stats():
+    assert E.stats([1, 2, 6]) == {"mean": 3.0, "min": 1.0, "max": 6.0, "per_seed": [1.0, 2.0, 6.0]}
 
 
-# --- 4. amplification: large at small r, about 2 at r = 64 ----------------------------------------
-# seeds 0-2: r=4 8.7-13.3, r=64 1.9-2.3; ||U^T W V|| 1.2-1.8 for dW's directions, 0.5 random
-def test_amplification():
-    res = E.amplification(ranks=(4, 64), seed=0)
-    amp4, amp64 = res.amplification
-    assert amp4 > 5.0 and amp64 < 3.5 and amp4 > 2.5 * amp64
-    assert res.proj_random[0] < res.proj_delta[0] < res.proj_top[0]  # between random and W's own top
-    assert res.amplification == pytest.approx([d / p for d, p in zip(res.delta_norm, res.proj_delta)])
-
-
-# --- 5. planted rank: Eckart-Young floor below r*, zero from r* on ---------------------------------
-def test_planted_rank_knee_and_floor():
-    res = E.planted_rank(true_rank=4, ranks=(2, 3, 4, 6))
-    loss, floor = dict(zip(res.ranks, res.loss)), dict(zip(res.ranks, res.floor))
-    for r in (2, 3):
-        assert loss[r] == pytest.approx(floor[r], rel=0.02)
-    assert floor[4] == 0.0 and floor[6] == 0.0
-    assert loss[4] < 1e-4 * floor[3] and loss[6] < 1e-4 * floor[3]
-    assert floor[2] == pytest.approx(sum(s**2 for s in res.singular_values[2:]) / 32)
-
-
-# --- 6. rsLoRA: grad norm ~ 1/sqrt(r) under alpha/r, flat under alpha/sqrt(r) ---------------------
-# seeds 0-2, ranks (1, 8, 64), half budget: slopes -0.47..-0.45 and +0.03..+0.06; final loss
-# alpha/r 1.43, 1.55, 1.58 (seed 0) and 1.98, 1.74, 1.68 (seed 1); alpha/sqrt(r) 0.85-0.94 at r=8, 0.45-0.48 at r=64
-def test_rslora_scaling():
-    res = E.rslora_scaling(seed=0)
-    assert -0.65 < res.slope_lora < -0.3
-    assert abs(res.slope_rslora) < 0.2
-    assert res.grad_norm_lora[0] == pytest.approx(res.grad_norm_rslora[0])  # identical at r = 1
-    # alpha/sqrt(r): higher r helps; alpha/r: r = 64 is no better than r = 8
-    assert res.loss_rslora[2] < res.loss_rslora[1] - 0.05
-    assert res.loss_lora[2] > 0.85 * res.loss_lora[1]
-    assert res.loss_lora[2] > res.loss_rslora[2] + 0.2
-
-
-# --- 7. PiSSA: wins inside W's top directions, loses on a random update ---------------------------
-def test_pissa_vs_lora():
-    res = E.pissa_vs_lora(seed=0)
-    (p_rescale, p_random), (l_rescale, l_random) = res.loss_pissa, res.loss_lora
-    start = res.update_norm**2 / 32
-    assert res.curves_pissa[0][0] == pytest.approx(start, rel=1e-3)
-    assert res.curves_lora[1][0] == pytest.approx(start, rel=1e-3)
-    assert p_rescale < l_rescale / 5
-    assert p_random > 2 * l_random
-    assert p_random >= 0.98 * res.floor_pissa_random  # no rank-r adapter beats Eckart-Young
-
-
-# --- 8. intrinsic dimension ----------------------------------------------------------------------
 def test_subspace_gradient_is_P_transpose_full_gradient():
     model = ln.MLP([5, 4, 3], dtype=np.float64, rng=0)
     space = E.RandomSubspace(model, 6, seed=1)
@@ -145,38 +90,14 @@ def test_subspace_gradient_is_P_transpose_full_gradient():
 
 
 def test_d_at_threshold_interpolates_on_a_log_scale():
-    assert E._d_at_threshold([10, 100], [0.5, 0.9], 0.7) == pytest.approx(np.sqrt(10 * 100))
-    assert E._d_at_threshold([10, 100], [0.95, 0.99], 0.9) == 10.0
-    assert np.isnan(E._d_at_threshold([10, 100], [0.5, 0.6], 0.9))
+    assert E.d_at_threshold([10, 100], [0.5, 0.9], 0.7) == pytest.approx(np.sqrt(10 * 100))
+    assert E.d_at_threshold([10, 100], [0.95, 0.99], 0.9) == 10.0
+    assert np.isnan(E.d_at_threshold([10, 100], [0.5, 0.6], 0.9))
 
 
-# widths 16 and 64 (D = 1,210 and 4,810), seeds 0-1: d_int90 within a factor 1.5 of each other
-def test_intrinsic_dimension_roughly_independent_of_width():
-    res = E.intrinsic_dimension(seed=0)
-    assert res.n_params == [64 * 16 + 16 + 16 * 10 + 10, 64 * 64 + 64 + 64 * 10 + 10]
-    assert all(a > 0.9 for a in res.full_accuracy)
-    for accs in res.accuracy:
-        assert accs[-1] > accs[0] + 0.1  # more directions, more accuracy
-    lo, hi = sorted(res.d_int90)
-    assert np.isfinite(lo) and np.isfinite(hi) and hi / lo < 2.0
-    assert hi < 0.2 * min(res.n_params)  # a small share of the parameters suffices
-
-
-# --- 9. learns less, forgets less (at one learning rate) -------------------------------------------
-# seeds 0-2 at lr 1e-3: new full 0.92 vs LoRA 0.85-0.89; old full 0.46-0.52 vs LoRA 0.63-0.75;
-# LoRA at lr 1e-2 learns more (0.94-0.96) and forgets more (old 0.18-0.24)
-def test_learn_forget():
-    res = E.learn_forget(seeds=(0,))
-    (full_new, lora_new, fast_new), (full_old, lora_old, fast_old) = res.new, res.old
-    assert res.base_old > 0.95 and res.base_new < 0.35
-    assert lora_new < full_new - 0.015 and lora_old > full_old + 0.08
-    assert fast_new > lora_new and fast_old < lora_old - 0.2
-    assert res.curves_new[0][0] == pytest.approx(res.base_new) and len(res.curve_steps) == 13
-
-
-def test_scale_must_be_positive():
-    with pytest.raises(ValueError, match="scale"):
-        E.planted_rank(scale=0.0)
+def test_kept_at_interpolates_between_eval_points():
+    assert E.kept_at([0.2, 0.6, 1.0], [1.0, 0.8, 0.4], 0.8) == pytest.approx(0.6)
+    assert np.isnan(E.kept_at([0.2, 0.5], [1.0, 0.9], 0.8))
 
 
 def test_phi_grid_equals_subspace_similarity():
@@ -188,7 +109,7 @@ def test_phi_grid_equals_subspace_similarity():
 
 
 def test_bad_arguments_say_what_was_expected():
-    with pytest.raises(ValueError, match="three seeds"):
+    with pytest.raises(ValueError, match="at least three seeds"):
         E.subspace_overlap(seeds=(0, 1))
     with pytest.raises(ValueError, match="increasing"):
         E.intrinsic_dimension(dims=(100, 50))
@@ -196,3 +117,154 @@ def test_bad_arguments_say_what_was_expected():
         E.planted_rank(true_rank=9, d=8)
     with pytest.raises(ValueError, match="each rank"):
         E.rank_sweep(ranks=(0,))
+    with pytest.raises(ValueError, match="divisible"):
+        E.which_weights(budget_rank=6, configs=(("q", "k", "v", "o"),))
+    with pytest.raises(ValueError, match="unknown finding"):
+        E.run_findings(["rank_sweeps"])
+    with pytest.raises(FileNotFoundError, match="python -m lora_np.experiments"):
+        E.load_results("/nonexistent/findings.json")
+
+
+def test_save_results_is_atomic_and_round_trips(tmp_path):
+    path = tmp_path / "sub" / "findings.json"
+    data = {"planted_rank": {"loss": [0.5, float("nan")], "ranks": [1, 2]}}
+    E.save_results(data, path)
+    back = E.load_results(path)
+    assert back["planted_rank"]["ranks"] == [1, 2] and np.isnan(back["planted_rank"]["loss"][1])
+    assert [p.name for p in path.parent.iterdir()] == ["findings.json"]  # no temporary file left behind
+
+
+def test_main_reruns_one_finding_into_a_file(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    E.save_results({"other": {"kept": 1}}, out)
+    assert E.main(["planted_rank", "--out", str(out)]) == 0
+    saved = E.load_results(out)
+    assert saved["other"] == {"kept": 1}  # other findings are kept
+    assert saved["planted_rank"]["ranks"] == [1, 2, 3, 4, 5, 6, 8]
+    assert "planted_rank" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        E.main(["no_such_finding", "--out", str(out)])
+    assert "unknown finding" in capsys.readouterr().err and E.load_results(out) == saved  # nothing run, file unchanged
+
+
+# --- reruns are stable ---------------------------------------------------------------------------
+def _cheap_runs():
+    digits = E._pretrained_digits_state.__wrapped__(16, 30, 0)  # the pretraining recipes, uncached and short
+    lm = E._pretrained_lm_state.__wrapped__(1, 20, 0)
+    return [
+        {k: v.tolist() for k, v in {**digits, **lm}.items()},
+        E.digits_finetune(4, 0, 1e-2, steps=30)["loss"],
+        E.lag_finetune(("q", "v"), 2, 0, 1e-2, steps=30)["val"],
+        E.planted_rank(ranks=(2, 4), seeds=(0,), steps=50)["loss"],
+        E.pissa_run("pissa", 0, 1e-2, 0, steps=20)["curve"],
+        E.finetune_subspace_run(10, 0, 0.1, steps=10)["val"],
+        E.phi_grid(E.digits_finetune(4, 0, 1e-2, steps=30)["layers"]["layers.0"][1], np.eye(64)[:, :8], 4, 8),
+    ]
+
+
+def test_reruns_are_identical_twice_and_on_one_or_two_blas_threads():
+    E.pretrained_digits_mlp(), E.pretrained_lag_transformer()  # the full pretrained models: built once
+    results = []
+    for threads in (1, 1, 2):
+        for fn in (E._digits_finetune, E._lag_finetune, E._pissa_run, E._finetune_subspace_run):
+            fn.cache_clear()
+        with threadpool_limits(threads):
+            results.append(json.dumps(_cheap_runs()))
+    assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("name", ["which_weights", "planted_rank", "pissa_vs_lora"])
+def test_spot_checks_fall_in_the_saved_range(R, name):
+    with threadpool_limits(1):
+        checks = E.spot_check(R, name)
+    assert checks
+    for what, value, low, high in checks:
+        assert low <= value <= high, (what, value, low, high)
+
+
+# --- the saved results ---------------------------------------------------------------------------
+def _tunings(node):
+    """Every dict in the results that records a learning-rate tuning."""
+    if isinstance(node, dict):
+        if "lr_grid" in node:
+            yield node
+        for v in node.values():
+            yield from _tunings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _tunings(v)
+
+
+def _all_stats(node):
+    if isinstance(node, dict):
+        if "per_seed" in node:
+            yield node
+        for v in node.values():
+            yield from _all_stats(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _all_stats(v)
+
+
+def test_saved_results_are_complete_tuned_inside_their_grid_and_over_seeds(R):
+    assert set(R) == set(E.FINDINGS)
+    tunings = list(_tunings(R))
+    assert len(tunings) > 60
+    for t in tunings:
+        grid = t["lr_grid"]
+        assert t["interior"] and grid[0] < t["best_lr"] < grid[-1], t
+        assert len(grid) >= 5 and np.allclose(np.diff(np.log2(grid)), np.log2(grid[1] / grid[0]))  # evenly spaced
+        assert grid[1] / grid[0] <= 3.0 + 1e-9  # fine enough
+    for st in _all_stats(R):
+        assert len(st["per_seed"]) >= 3
+        tol = 1e-12 * max(1.0, abs(st["mean"]))  # the mean of equal values may round one ulp past them
+        assert st["min"] - tol <= st["mean"] <= st["max"] + tol and st["mean"] == pytest.approx(np.mean(st["per_seed"]))
+    for name in ("rank_sweep", "which_weights", "amplification", "rslora_scaling", "pissa_vs_lora", "learn_forget"):
+        assert len(R[name]["config"]["seeds"]) >= 5, name  # spread large enough to need five
+    assert R["rank_sweep"]["config"]["alpha"] == E.ALPHA and R["rank_sweep"]["config"]["rule"] == "s = alpha / r"
+
+
+def test_saved_results_support_the_claims(R):
+    tf = {row["r"]: row["test"] for row in R["rank_sweep"]["transformer"]["rows"]}
+    mlp = {row["r"]: row["test"] for row in R["rank_sweep"]["mlp"]["rows"]}
+    assert tf[1]["max"] < tf[4]["min"] and mlp[1]["max"] < mlp[8]["min"]  # r = 1 falls short, every seed
+    assert tf[4]["min"] > 0.97 and abs(tf[64]["mean"] - tf[4]["mean"]) < 0.02  # saturated from r = 4
+    ww = {row["label"]: row for row in R["which_weights"]["rows"]}
+    assert ww["Wv"]["test"]["max"] < 0.15 and ww["Wo"]["test"]["max"] < 0.15
+    assert ww["Wv"]["attention_change"] < 1e-6 and ww["Wo"]["attention_change"] < 1e-6  # exactly unchanged
+    assert ww["Wq"]["test"]["min"] > 0.95 and ww["Wq,Wk,Wv,Wo"]["test"]["min"] > 0.95
+    rt = {row["label"]: row for row in R["attention_routing"]["rows"]}
+    assert rt["blocks.1.attn.v"]["attention_change"] == [0.0, 0.0] == rt["blocks.1.attn.o"]["attention_change"]
+    assert rt["blocks.0.attn.v"]["attention_change"][0] == 0.0 < 0.01 < rt["blocks.0.attn.v"]["attention_change"][1]
+    so = R["subspace_overlap"]
+    assert so["phi_top"]["min"] > 3 * so["phi_top_random"]
+    amp = {row["r"]: row["amplification"] for row in R["amplification"]["rows"]}
+    assert amp[4]["min"] > 2 * amp[64]["max"] and amp[64]["max"] < 3.5
+    pr = R["planted_rank"]
+    for r, loss, floor in zip(pr["ranks"], pr["loss"], pr["floor"]):
+        if r < pr["config"]["true_rank"]:
+            assert loss["min"] >= 0.999 * floor and loss["max"] < 1.01 * floor
+        else:
+            assert loss["max"] < 1e-4 * pr["floor"][pr["config"]["true_rank"] - 2]
+    rs = R["rslora_scaling"]
+    assert -0.6 < rs["lora"]["grad_slope"] < -0.35 and abs(rs["rslora"]["grad_slope"]) < 0.1
+    assert rs["ratio_tuned"][-1]["max"] < rs["ratio_fixed"][-1]["min"] / 2  # tuning closes most of the gap
+    ps = R["pissa_vs_lora"]
+    assert ps["ratio_lora_over_pissa"][1]["max"] < 0.01 and ps["pissa_over_floor_random"]["min"] >= 0.999
+
+
+def test_readme_findings_table_is_the_one_the_saved_results_give(R):
+    readme = E.README_PATH.read_text()
+    assert E.findings_table(R) in readme, "README findings table is stale: run  python -m lora_np.experiments --readme"
+    assert not re.search(r"-0(\.0+)?(e[+-]\d+)?(?![\d.])", E.findings_table(R))  # no negative zero printed
+
+
+def test_notebook_08_committed_outputs_come_from_the_saved_results(R):
+    nb = json.loads((E.README_PATH.parent / "notebooks" / "08_paper_findings.ipynb").read_text())
+    shown = ["".join(out["data"]["text/markdown"]) for cell in nb["cells"] if cell["cell_type"] == "code"
+             for out in cell.get("outputs", []) if "text/markdown" in out.get("data", {})]
+    assert shown == [E.findings_table(R)], "notebook 08 is stale: run  python notebooks/run_all.py 08"
+    first = next(cell for cell in nb["cells"] if cell["cell_type"] == "code")
+    assert "import lora_np as ln" in "".join(first["source"])  # the shared first cell
+    text = "".join("".join(cell["source"]) for cell in nb["cells"] if cell["cell_type"] == "markdown")
+    assert "06_alpha_over_r.ipynb" in text and "09_variants.ipynb" in text and "## Summary" in text
