@@ -53,6 +53,7 @@ from .lowrank import check_positive_int, check_positive_number
 from .models import MLP, TransformerConfig, TransformerLM
 from .optim import AdamW
 from .train import accuracy, fit
+from .tuning import svd_flip  # signs as scikit-learn's svd_flip: reruns give the same vectors
 
 RESULTS_PATH = Path(__file__).resolve().parents[1] / "results" / "findings.json"
 README_PATH = Path(__file__).resolve().parents[1] / "README.md"
@@ -87,21 +88,6 @@ def stats(values) -> dict:
     """{"mean", "min", "max", "per_seed"} of a list of numbers (plain floats)."""
     values = [float(v) for v in values]
     return {"mean": float(np.mean(values)), "min": min(values), "max": max(values), "per_seed": values}
-
-
-def svd_flip(U, Vt):
-    """Sign-normalise singular vectors as scikit-learn's ``svd_flip`` does (u-based).
-
-    Each column of U is flipped so that its entry of largest magnitude is positive, and the
-    matching row of Vt with it; U @ diag(sigma) @ Vt is unchanged, and reruns give the same signs.
-    """
-    U, Vt = np.array(U, copy=True), np.array(Vt, copy=True)
-    k = min(U.shape[1], Vt.shape[0])
-    signs = np.sign(U[np.argmax(np.abs(U[:, :k]), axis=0), np.arange(k)])
-    signs[signs == 0] = 1.0
-    U[:, :k] *= signs
-    Vt[:k] *= signs[:, None]
-    return U, Vt
 
 
 def svd(M):
