@@ -454,8 +454,9 @@ class Embedding(Module):
         return out
 
     def backward(self, dout):
-        grads = F.embedding_backward(dout, self._pop_cache())
-        self._set_grads(grads, {"table": "dtable"})
+        cache = self._pop_cache()
+        if "table" not in self.frozen:  # a frozen table needs no (V, C) scatter-add: GPT-2's is 154 MB
+            self._set_grads(F.embedding_backward(dout, cache), {"table": "dtable"})
         return None  # integer indices have no gradient
 
 
