@@ -52,12 +52,14 @@ from lorabench.machine import blas_threads, machine_info  # noqa: E402
 from lorabench.memory import section_memory  # noqa: E402
 from lorabench.models import section_models  # noqa: E402
 from lorabench.plots import plots  # noqa: E402
-from lorabench.report import combined_report, readme_table, report, targets_summary, targets_text  # noqa: E402
+from lorabench.report import (combined_report, readme_memory, readme_profile, readme_table, report,  # noqa: E402
+                              targets_summary, targets_text)
 from lorabench.timing import load_average  # noqa: E402
 from lorabench.torch_cmp import section_torch  # noqa: E402
 
 DEFAULT_OUT = os.path.join(HERE, "results")
-__all__ = ["CONFIGS", "TARGETS", "run", "run_kernels", "report", "combined_report", "readme_table", "main"]
+__all__ = ["CONFIGS", "TARGETS", "run", "run_kernels", "report", "combined_report", "readme_table", "readme_profile", "readme_memory",
+           "readme_tables", "main"]
 
 
 def run(quick=False, out_dir=None, repeats=None, make_plots=True, log=print, threads=None):
@@ -135,6 +137,11 @@ def run_kernels(kernels=KERNELS, quick=False, out_dir=None, repeats=None, make_p
     _write(out_dir, combined, combined_report(combined) + "\n")
     combined["out_dir"] = out_dir
     return combined
+
+
+def readme_tables(combined):
+    """The three tables of the README's Performance section, as they must appear there."""
+    return [readme_table(combined), readme_profile(combined), readme_memory(combined)]
 
 
 def _write(out_dir, res, text):

@@ -133,6 +133,10 @@ def test_combined_report_and_readme_table(quick):
     assert table[0].startswith("| one ") and table[0].endswith("| target |")
     assert "Haswell (forced)" in table[0]
     assert all(line.count("|") == table[0].count("|") for line in table)
+    for extra in (bench.readme_profile(combined), bench.readme_memory(combined)):
+        rows = extra.splitlines()
+        assert len(rows) > 3 and all(line.count("|") == rows[0].count("|") for line in rows)
+    assert len(bench.readme_tables(combined)) == 3
 
 
 def test_command_line_refuses_bad_counts(bench, capsys):

@@ -244,3 +244,56 @@ def readme_table(combined):
     for i, (label, _, target) in enumerate(table[0]):
         lines.append(f"| {label} | " + " | ".join(rows[i][1] for rows in table) + f" | {target} |")
     return "\n".join(lines)
+
+
+def readme_profile(combined):
+    """The README's "where the adapter's time goes" table: each piece of the fast pair timed alone,
+    as a share of the GEMM floor, on each kernel."""
+    runs = [combined["runs"][k] for k in combined["order"]]
+    p0 = runs[0]["profile"]
+    cf = p0["config"]
+    lines = [f"| d = n = {cf['d']}, r = {cf['r']}: each piece alone, % of the GEMM floor | "
+             + " | ".join(_kernel_name(res) for res in runs) + " |",
+             "| --- " * (len(runs) + 1) + "|"]
+    labels = {
+        "x@A": "x @ A (reads x)", "hs@B": "hs @ B (writes an n×d term)", "dy@B.T": "dy @ B.T (reads dy)",
+        "hs.T@dy": "hs.T @ dy (reads dy)", "x.T@dh": "x.T @ dh (reads x)", "dh@A.T": "dh @ A.T (writes an n×d term)",
+        "add n x d in place": "one in-place add of two n×d arrays (the pair has two)",
+        "fresh n x d array": "a fresh n×d array written once (what the scratch saves, twice a step)",
+    }
+    for key, label in labels.items():
+        lines.append(f"| {label} | " + " | ".join(f"{100 * res['profile']['vs_floor'][key]['ratio']:.1f}%" for res in runs) + " |")
+
+    def total(res):
+        v = res["profile"]["vs_floor"]
+        return 100 * (sum(v[k]["ratio"] for k in ("x@A", "hs@B", "dy@B.T", "hs.T@dy", "x.T@dh", "dh@A.T"))
+                      + 2 * v["add n x d in place"]["ratio"])
+
+    lines.append("| sum: six thin products + two adds | " + " | ".join(f"{total(res):.1f}%" for res in runs) + " |")
+    lines.append("| the fast pair (forward + backward, no optimizer) measured, over the floor | "
+                 + " | ".join(f"+{100 * (res['profile']['vs_floor']['fast pair (forward + backward)']['ratio'] - 1):.1f}%" for res in runs)
+                 + " |")
+    if all("beta1_vs_floor" in res["profile"] for res in runs):
+        lines.append("| the same pair with a GEMM that accumulates (β = 1), over the floor | "
+                     + " | ".join(f"+{100 * (res['profile']['beta1_vs_floor']['ratio'] - 1):.1f}%" for res in runs) + " |")
+    lines.append("| floor x@W + dy@W.T, ms (median) | "
+                 + " | ".join(f"{1e3 * res['profile']['times']['x@W + dy@W.T']['median_s']:.1f}" for res in runs) + " |")
+    return "\n".join(lines)
+
+
+def readme_memory(combined):
+    """The README's memory lines (counts and traced allocation sizes: the same on every kernel)."""
+    res = combined["runs"][combined["order"][0]]
+    mem = res["memory"]
+    ly = mem["layer"]
+    r = mem["peak_traced"]["r"]
+    row_r = next(row for row in ly["by_r"] if row["r"] == r)
+    lines = ["| memory, one {0}×{0} layer, float32 | LoRA r = {1} | full fine-tuning |".format(ly["d"], r),
+             "| --- | --- | --- |",
+             f"| trainable values | {row_r['trainable']:,} ({100 * row_r['fraction']:.2f}% = r(d_in + d_out)/(d_in·d_out)) | {ly['full_trainable']:,} |",
+             f"| AdamW state | {row_r['adamw_state_bytes'] / 2**20:.2f} MiB | {ly['full_adamw_state_bytes'] / 2**20:.0f} MiB |"]
+    for row in mem["peak_traced"]["rows"]:
+        lines.append(f"| peak traced memory of a step above the baseline, n = {row['n']} "
+                     f"(one d×d array: {row['d_in_x_d_out_bytes'] / 2**20:.0f} MiB) | {row['lora'] / 2**20:.1f} MiB "
+                     f"+ {row['lora_scratch_bytes'] / 2**20:.0f} MiB scratch held between steps | {row['full'] / 2**20:.0f} MiB |")
+    return "\n".join(lines)
