@@ -142,6 +142,11 @@ def _matmul_scratch(a, b):
     return np.matmul(a, b, out=buf)
 
 
+def release_scratch():
+    """Free this thread's scratch arrays of the fast LoRA pair (they are made again when needed)."""
+    _SCRATCH.arrays = {}
+
+
 def lora_linear_forward_fast(x, W, b, A, B, scaling, dropout_mask=None):
     """Same result as ``lora_linear_forward`` with fewer passes over the big arrays.
 

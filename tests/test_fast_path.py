@@ -297,3 +297,19 @@ def test_scratch_keeps_a_few_shapes_per_thread(rng, scratch_always):
     t.start()
     t.join()
     assert seen == [None]  # another thread has its own (empty) scratch
+    F.release_scratch()
+    assert F._SCRATCH.arrays == {}
+
+
+def test_scratch_is_used_for_large_products_only(rng):
+    F.release_scratch()
+    p = _inputs(rng, (6, 5), bias=False)
+    F.lora_linear_forward_fast(p["x"], p["W"], None, p["A"], p["B"], 1.0)  # 6 x 4 result: far below 1 MiB
+    assert F._SCRATCH.arrays == {}
+    x = rng.standard_normal((512, 64)).astype(np.float32)
+    W = rng.standard_normal((64, 512)).astype(np.float32)  # a 512 x 512 float32 term: exactly 1 MiB
+    A, B = W[:, :4].copy(), W[:4, :].copy()
+    out, cache = F.lora_linear_forward_fast(x, W, None, A, B, 1.0)
+    assert list(F._SCRATCH.arrays) == [((512, 512), "<f4")]
+    np.testing.assert_allclose(out, x @ W + (x @ A) @ B, rtol=1e-5, atol=1e-4)
+    F.release_scratch()
