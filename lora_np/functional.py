@@ -19,6 +19,7 @@ Convention (row vectors, see STYLE.md):  y = x @ W + b + s * (x @ A) @ B
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -32,11 +33,22 @@ def linear_forward(x, W, b=None):
     """y = x @ W + b.
 
     x: (..., d_in), W: (d_in, d_out), b: (d_out,) or None  ->  y: (..., d_out)
+
+    Leading dimensions are flattened to one 2-D product (a view for a contiguous x), the
+    way the LoRA fast path computes it: the same BLAS call on the same numbers, so a LoRA
+    layer with B = 0 reproduces this output bit for bit on input of any rank.
     """
-    out = x @ W  # [..., d_in] -> [..., d_out]
+    d_in, d_out = W.shape
+    out = x.reshape(-1, d_in) @ W  # [..., d_in] -> [N, d_in] @ [d_in, d_out] -> [N, d_out]
     if b is not None:
-        out = out + b
-    return out, (x, W, b is not None)
+        out += b
+    return out.reshape(*x.shape[:-1], d_out), (x, W, b is not None)
+
+
+def _check_dout(dout, expected):
+    """A wrongly shaped upstream gradient of the right size must not be reshaped into place."""
+    if tuple(dout.shape) != tuple(expected):
+        raise ValueError(f"dout has shape {tuple(dout.shape)}; expected {tuple(expected)}, the shape of the forward's output")
 
 
 def linear_backward(dout, cache, need_dW=True):
@@ -44,12 +56,15 @@ def linear_backward(dout, cache, need_dW=True):
 
     dx = dout @ W.T, dW = x.T @ dout (over all leading dims), db = dout summed.
     ``need_dW=False`` skips dW and db, for a frozen layer that only passes dx back.
+    ``dout`` must have the forward output's shape (..., d_out).
     """
     x, W, has_bias = cache
-    grads = {"dx": dout @ W.T}  # [..., d_out] -> [..., d_in]
+    d_in, d_out = W.shape
+    _check_dout(dout, x.shape[:-1] + (d_out,))
+    d2 = dout.reshape(-1, d_out)  # [N, d_out]
+    grads = {"dx": (d2 @ W.T).reshape(x.shape)}  # [N, d_out] @ [d_out, d_in] -> [..., d_in]
     if need_dW:
-        x2 = x.reshape(-1, x.shape[-1])  # [N, d_in]
-        d2 = dout.reshape(-1, dout.shape[-1])  # [N, d_out]
+        x2 = x.reshape(-1, d_in)  # [N, d_in]
         grads["dW"] = x2.T @ d2  # [d_in, N] @ [N, d_out] -> [d_in, d_out]
         if has_bias:
             grads["db"] = d2.sum(axis=0)
@@ -96,14 +111,52 @@ def lora_linear_backward(dout, cache, need_dW=False):
     return grads
 
 
+# The fast pair below needs one [N, d] temporary for each adapter term it adds into an
+# output (NumPy has no GEMM that accumulates, C = A @ B + C).  On the host that temporary is
+# a scratch array kept between calls: a fresh one larger than the allocator keeps (glibc
+# returns blocks over 32 MiB to the system) costs its page faults and their zeroing on every
+# call, about a pass over the array.  The scratch is written and read between two adjacent
+# lines, never returned and never cached, one set per thread, the few most recent shapes.
+_SCRATCH = threading.local()
+_SCRATCH_MIN_BYTES = 1 << 20  # smaller temporaries come cheaply from the allocator
+_SCRATCH_SHAPES = 4  # how many (shape, dtype) scratch arrays a thread keeps
+
+
+def _matmul_scratch(a, b):
+    """a @ b written into a reused scratch array (NumPy only); the caller uses it at once."""
+    xp = get_array_module(a, b)
+    dtype = np.result_type(a.dtype, b.dtype)
+    shape = (a.shape[0], b.shape[1])
+    if xp is not np or math.prod(shape) * dtype.itemsize < _SCRATCH_MIN_BYTES:
+        return a @ b  # CuPy's memory pool already reuses device blocks
+    kept = getattr(_SCRATCH, "arrays", None)
+    if kept is None:
+        kept = _SCRATCH.arrays = {}
+    key = (shape, dtype.str)
+    buf = kept.pop(key, None)
+    if buf is None:
+        buf = np.empty(shape, dtype)
+        while len(kept) >= _SCRATCH_SHAPES:
+            kept.pop(next(iter(kept)))  # the least recently used
+    kept[key] = buf  # most recent last
+    return np.matmul(a, b, out=buf)
+
+
+def release_scratch():
+    """Free this thread's scratch arrays of the fast LoRA pair (they are made again when needed)."""
+    _SCRATCH.arrays = {}
+
+
 def lora_linear_forward_fast(x, W, b, A, B, scaling, dropout_mask=None):
     """Same result as ``lora_linear_forward`` with fewer passes over the big arrays.
 
     The products are the same; what changes is where the work lands:
     * leading dimensions are flattened once to a 2-D view (one BLAS call per product,
-      no reshape copy for a contiguous ``x``);
+      no reshape copy for a contiguous ``x``), as ``linear_forward`` does, so B = 0 gives
+      the base layer's output bit for bit;
     * ``scaling`` multiplies the small ``[N, r]`` array h, not the ``[N, d_out]`` output;
-    * the bias and the adapter's ``[N, d_out]`` term are added in place into the output.
+    * the bias and the adapter's ``[N, d_out]`` term are added in place into the output,
+      the adapter's term through a reused scratch array (see ``_matmul_scratch``).
     The cache holds ``hs = scaling * h``, which is exactly what the backward needs.
     Same arguments and shapes as ``lora_linear_forward``; pair it with ``lora_linear_backward_fast``.
     """
@@ -115,8 +168,9 @@ def lora_linear_forward_fast(x, W, b, A, B, scaling, dropout_mask=None):
     out = x2 @ W  # [N, d_in] @ [d_in, d_out] -> [N, d_out]
     if b is not None:
         out += b
-    hs = (xd2 @ A) * scaling  # [N, d_in] @ [d_in, r] -> [N, r], scaled while small
-    out += hs @ B  # [N, r] @ [r, d_out] -> [N, d_out], accumulated in place
+    hs = xd2 @ A  # [N, d_in] @ [d_in, r] -> [N, r]
+    hs *= scaling  # scaled while small
+    out += _matmul_scratch(hs, B)  # [N, r] @ [r, d_out] -> [N, d_out], accumulated in place
     return out.reshape(*lead, d_out), (x2, xd2, hs, W, A, B, scaling, mask2, b is not None, lead)
 
 
@@ -128,18 +182,23 @@ def lora_linear_backward_fast(dout, cache, need_dW=False):
         dh = s * dout @ B.T           [N, d_out] @ [d_out, r] -> [N, r], scaled while small
         dA = xd.T @ dh                [d_in, N] @ [N, r]    -> [d_in, r]
         dx = dout @ W.T, then += (dh @ A.T) * mask in place
+    The two products that read ``dout`` run one after the other, while it is in cache.
+    ``dout`` must have the forward output's shape (..., d_out).
     """
     x2, xd2, hs, W, A, B, s, mask2, has_bias, lead = cache
-    d2 = dout.reshape(-1, W.shape[1])  # [..., d_out] -> [N, d_out]
+    d_in, d_out = W.shape
+    _check_dout(dout, lead + (d_out,))
+    d2 = dout.reshape(-1, d_out)  # [..., d_out] -> [N, d_out]
     grads = {"dB": hs.T @ d2}  # [r, N] @ [N, d_out] -> [r, d_out]
-    dh = (d2 @ B.T) * s  # [N, r]
-    grads["dA"] = xd2.T @ dh  # [d_in, r]
+    dh = d2 @ B.T  # [N, d_out] @ [d_out, r] -> [N, r]
+    dh *= s  # scaled while small
+    grads["dA"] = xd2.T @ dh  # [d_in, N] @ [N, r] -> [d_in, r]
     dx = d2 @ W.T  # [N, d_out] @ [d_out, d_in] -> [N, d_in]
-    dxd = dh @ A.T  # [N, r] @ [r, d_in] -> [N, d_in]
+    dxd = _matmul_scratch(dh, A.T)  # [N, r] @ [r, d_in] -> [N, d_in]
     if mask2 is not None:
         dxd *= mask2
     dx += dxd
-    grads["dx"] = dx.reshape(*lead, W.shape[0])
+    grads["dx"] = dx.reshape(*lead, d_in)
     if need_dW:
         grads["dW"] = x2.T @ d2  # [d_in, d_out]
         if has_bias:

@@ -1,4 +1,8 @@
-"""The benchmark's quick mode runs end to end (tiny sizes, one round); no timing is asserted."""
+"""The benchmark's quick mode runs end to end (tiny sizes, one round); no timing is asserted.
+
+The tests run the benchmark in this process on whatever BLAS kernel it has (``--kernel
+current``): they never change OPENBLAS_CORETYPE; only the benchmark command itself does.
+"""
 
 import importlib.util
 import json
@@ -29,12 +33,13 @@ def quick(bench, tmp_path_factory):
 
 def test_quick_mode_writes_every_section(quick):
     bench, res, saved, out = quick
-    for key in ("mode", "config", "machine", "lora_vs_full", "lora_vs_products", "growth", "models",
+    for key in ("mode", "config", "machine", "lora_vs_full", "lora_vs_products", "growth", "profile", "models",
                 "inference", "memory", "torch", "gpu", "targets", "plots"):
         assert key in saved, key
     assert saved["mode"] == "quick"
-    for key in ("cpu", "logical_cores", "numpy", "blas", "python"):
+    for key in ("cpu", "logical_cores", "numpy", "blas", "python", "kernel", "load_average_at_start"):
         assert key in saved["machine"], key
+    assert saved["machine"]["kernel"]["OPENBLAS_CORETYPE"] == os.environ.get("OPENBLAS_CORETYPE")
     c = saved["config"]
     assert set(saved["lora_vs_full"]["by_r"]) == {str(r) for r in c["rs"]}
     assert set(saved["lora_vs_full"]["by_d"]) == {str(d) for d in c["ds"]}
@@ -47,7 +52,7 @@ def test_quick_mode_writes_every_section(quick):
     assert len(saved["plots"]) == 4
     for name in saved["plots"]:
         assert (out / name).stat().st_size > 0
-    assert "targets:" in (out / "report.txt").read_text()
+    assert "targets (" in (out / "report.txt").read_text()
 
 
 def test_quick_mode_memory_counts_are_exact(quick):
@@ -85,9 +90,58 @@ def test_report_prints_each_section(quick):
 
 def test_command_line_quick(bench, tmp_path, capsys):
     pytest.importorskip("threadpoolctl")
-    assert bench.main(["--quick", "--no-plots", "--threads", "1", "--out", str(tmp_path)]) == 0
+    assert bench.main(["--quick", "--kernel", "current", "--no-plots", "--threads", "1", "--out", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
-    assert "targets:" in printed and "not judged" in printed
+    assert "targets (" in printed and "not judged" in printed
     with open(tmp_path / "benchmarks.json") as f:
         assert json.load(f)["blas_threads"] == 1
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_profile_names_every_piece_of_the_adapter(quick):
+    _, _, saved, _ = quick
+    prof = saved["profile"]
+    for piece in ("x@A", "hs@B", "dy@B.T", "hs.T@dy", "x.T@dh", "dh@A.T", "add n x d in place", "fresh n x d array",
+                  "fast pair (forward + backward)"):
+        assert prof["vs_floor"][piece]["ratio"] > 0, piece
+    assert prof["dtypes"]["checked"] >= 8 and prof["dtypes"]["not_float32"] == []
+    assert ("beta1_vs_floor" in prof) == (prof["beta1"] == "measured")
+
+
+def test_kernel_environments(bench):
+    from lorabench.kernel import environment_for
+
+    env = {"OPENBLAS_CORETYPE": "Zen", "OPENBLAS_L2_SIZE": "1048576", "PATH": "/bin"}
+    native = environment_for("native", env)
+    assert "OPENBLAS_CORETYPE" not in native and "OPENBLAS_L2_SIZE" not in native and native["PATH"] == "/bin"
+    assert environment_for("forced", env)["OPENBLAS_CORETYPE"] == "Zen"  # the environment's own choice
+    assert environment_for("forced", {"PATH": "/bin"})["OPENBLAS_CORETYPE"] == "Haswell"
+    assert env == {"OPENBLAS_CORETYPE": "Zen", "OPENBLAS_L2_SIZE": "1048576", "PATH": "/bin"}  # not changed
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        environment_for("fastest", env)
+
+
+def test_combined_report_and_readme_table(quick):
+    """Both kernels side by side: here the same quick run twice, labelled as two kernels."""
+    bench, _, saved, _ = quick
+    forced = json.loads(json.dumps(saved))
+    forced["machine"]["kernel"] = {**forced["machine"]["kernel"], "architecture": "Haswell", "OPENBLAS_CORETYPE": "Haswell"}
+    combined = {"mode": "quick", "order": ["native", "forced"], "runs": {"native": saved, "forced": forced}}
+    text = bench.combined_report(combined)
+    assert "Haswell (forced)" in text and "kernel native" in text and "kernel forced" in text
+    table = bench.readme_table(combined).splitlines()
+    assert table[0].startswith("| one ") and table[0].endswith("| target |")
+    assert "Haswell (forced)" in table[0]
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    for extra in (bench.readme_profile(combined), bench.readme_memory(combined)):
+        rows = extra.splitlines()
+        assert len(rows) > 3 and all(line.count("|") == rows[0].count("|") for line in rows)
+    assert len(bench.readme_tables(combined)) == 3
+
+
+def test_command_line_refuses_bad_counts(bench, capsys):
+    for argv in (["--repeats", "0"], ["--threads", "-1"]):
+        with pytest.raises(SystemExit):
+            bench.main(["--quick", "--kernel", "current", *argv])
+        assert "must be at least 1" in capsys.readouterr().err
+
