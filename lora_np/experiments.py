@@ -38,9 +38,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +51,7 @@ from .lowrank import check_positive_int, check_positive_number
 from .models import MLP, TransformerConfig, TransformerLM
 from .optim import AdamW
 from .train import accuracy, fit
+from .results import write_text_atomic
 from .tuning import svd_flip  # signs as scikit-learn's svd_flip: reruns give the same vectors
 
 RESULTS_PATH = Path(__file__).resolve().parents[1] / "results" / "findings.json"
@@ -1102,10 +1101,7 @@ def update_readme(results: dict, path=README_PATH) -> None:
         raise ValueError(f"{path} has no findings table markers ({TABLE_START!r} ... {TABLE_END!r})")
     head, rest = text.split(TABLE_START, 1)
     tail = rest.split(TABLE_END, 1)[1]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(head + findings_table(results) + tail)
-    os.replace(tmp, path)
+    write_text_atomic(path, head + findings_table(results) + tail)
 
 
 # --- all findings, saved ---------------------------------------------------------------------
@@ -1129,19 +1125,7 @@ def run_findings(names=None, **overrides) -> dict:
 
 def save_results(results: dict, path=RESULTS_PATH) -> Path:
     """Write ``results`` as JSON to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    text = json.dumps(results, indent=1, sort_keys=True, allow_nan=True) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return write_text_atomic(path, json.dumps(results, indent=1, sort_keys=True, allow_nan=True) + "\n")
 
 
 def load_results(path=None) -> dict:

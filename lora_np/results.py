@@ -48,9 +48,13 @@ def save_results(path, results: dict, *, digits: int = 6) -> Path:
     """
     if not isinstance(results, dict):
         raise TypeError(f"save_results: expected a dict, got {type(results).__name__}")
+    return write_text_atomic(path, json.dumps(_clean(results, digits), indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, then rename it into place (never half a file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_clean(results, digits), indent=2, sort_keys=True) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
