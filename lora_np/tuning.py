@@ -16,8 +16,6 @@ ipywidgets control that saves no widget state and no text form of itself in a no
 
 from __future__ import annotations
 
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
