@@ -245,7 +245,7 @@ def attention_by_lag(model: TransformerLM, idx) -> list:
     T = idx.shape[1]
     out = []
     for block in model.blocks:
-        att = np.asarray(block.attn.attention, np.float64).mean(axis=(0, 1))  # [B, H, T, T] -> [T, T]
+        att = np.asarray(block.attn.attention, np.float64).mean(axis=(0, 1))  # [n, H, T, T] -> [T, T]
         out.append([float(np.mean([att[t, t - lag] for t in range(lag, T)])) for lag in range(T)])
     model._cache = None
     return out

@@ -421,26 +421,26 @@ def layernorm_backward(dout, cache):
 def causal_attention_forward(q, k, v, n_head):
     """Causal scaled dot-product attention over ``n_head`` heads.
 
-    q, k, v: (B, T, C) already projected (q = x @ Wq, ...)  ->  y: (B, T, C)
+    q, k, v: (n, T, C) already projected (q = x @ Wq, ...)  ->  y: (n, T, C)
     Position t attends to positions 0..t only.
     """
     xp = get_array_module(q)
-    Bn, T, C = q.shape
+    n, T, C = q.shape
     if C % n_head:
         raise ValueError(f"channels C={C} must be divisible by n_head={n_head}")
     D = C // n_head
 
-    def split(z):  # [B, T, C] -> [B, H, T, D]
-        return z.reshape(Bn, T, n_head, D).transpose(0, 2, 1, 3)
+    def split(z):  # [n, T, C] -> [n, H, T, D]
+        return z.reshape(n, T, n_head, D).transpose(0, 2, 1, 3)
 
     qh, kh, vh = split(q), split(k), split(v)
     scale = 1.0 / math.sqrt(D)
-    att = (qh @ kh.transpose(0, 1, 3, 2)) * scale  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    att = (qh @ kh.transpose(0, 1, 3, 2)) * scale  # [n, H, T, D] @ [n, H, D, T] -> [n, H, T, T]
     future = xp.triu(xp.ones((T, T), dtype=bool), k=1)  # True above the diagonal
     att = xp.where(future, -xp.inf, att).astype(q.dtype, copy=False)
-    p, _ = softmax_forward(att)  # [B, H, T, T]; masked entries are exactly 0
-    yh = p @ vh  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
-    y = yh.transpose(0, 2, 1, 3).reshape(Bn, T, C)  # -> [B, T, C]
+    p, _ = softmax_forward(att)  # [n, H, T, T]; masked entries are exactly 0
+    yh = p @ vh  # [n, H, T, T] @ [n, H, T, D] -> [n, H, T, D]
+    y = yh.transpose(0, 2, 1, 3).reshape(n, T, C)  # -> [n, T, C]
     return y, (qh, kh, vh, p, scale)
 
 
@@ -451,16 +451,16 @@ def causal_attention_backward(dout, cache):
         dq = datt k * scale;  dk = datt^T q * scale
     """
     qh, kh, vh, p, scale = cache
-    Bn, H, T, D = qh.shape
+    n, H, T, D = qh.shape
 
-    def merge(z):  # [B, H, T, D] -> [B, T, C]
-        return z.transpose(0, 2, 1, 3).reshape(Bn, T, H * D)
+    def merge(z):  # [n, H, T, D] -> [n, T, C]
+        return z.transpose(0, 2, 1, 3).reshape(n, T, H * D)
 
-    dyh = dout.reshape(Bn, T, H, D).transpose(0, 2, 1, 3)  # [B, H, T, D]
-    dv = p.transpose(0, 1, 3, 2) @ dyh  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
-    dp = dyh @ vh.transpose(0, 1, 3, 2)  # [B, H, T, D] @ [B, H, D, T] -> [B, H, T, T]
+    dyh = dout.reshape(n, T, H, D).transpose(0, 2, 1, 3)  # [n, H, T, D]
+    dv = p.transpose(0, 1, 3, 2) @ dyh  # [n, H, T, T] @ [n, H, T, D] -> [n, H, T, D]
+    dp = dyh @ vh.transpose(0, 1, 3, 2)  # [n, H, T, D] @ [n, H, D, T] -> [n, H, T, T]
     datt = softmax_backward(dp, (p, -1))["dx"] * scale
-    dq = datt @ kh  # [B, H, T, T] @ [B, H, T, D] -> [B, H, T, D]
+    dq = datt @ kh  # [n, H, T, T] @ [n, H, T, D] -> [n, H, T, D]
     dk = datt.transpose(0, 1, 3, 2) @ qh
     return {"dq": merge(dq), "dk": merge(dk), "dv": merge(dv)}
 

@@ -7,7 +7,7 @@ The architecture is GPT-2's exactly (Radford et al. 2019; transformers' ``GPT2LM
                 x = x + mlp.c_proj(gelu(mlp.c_fc(ln_2(x))))   GELU in its tanh form ("gelu_new")
     logits = ln_f(x) @ wte.T                           the head is tied to the token embedding
 
-Legend: B batch, T time, C = n_embd channels, H heads, D = C / H, V vocabulary.  Module names
+Legend: n batch, T time, C = n_embd channels, H heads, D = C / H, V vocabulary.  Module names
 follow transformers' (``transformer.h.0.attn.c_attn``), so ``inject_lora(model, r, alpha,
 targets=("c_attn",))`` adapts the same layers as PEFT's GPT-2 default and ``export_peft``
 writes an adapter that PEFT loads onto ``GPT2LMHeadModel``.  GPT-2's ``Conv1D`` weight is
@@ -87,17 +87,17 @@ class GPT2Attention(Module):
         self.c_proj = Linear(c.n_embd, c.n_embd, dtype=dtype, rng=rng, device=device)
 
     def forward(self, x):
-        """x: (B, T, C) -> (B, T, C)"""
-        qkv = self.c_attn(x)  # [B, T, C] -> [B, T, 3C]
+        """x: (n, T, C) -> (n, T, C)"""
+        qkv = self.c_attn(x)  # [n, T, C] -> [n, T, 3C]
         C = x.shape[-1]
         q, k, v = qkv[..., :C], qkv[..., C : 2 * C], qkv[..., 2 * C :]  # split the fused projection
-        y, self._cache = F.causal_attention_forward(q, k, v, self.n_head)  # [B, T, C]
+        y, self._cache = F.causal_attention_forward(q, k, v, self.n_head)  # [n, T, C]
         return self.c_proj(y)
 
     def backward(self, dout):
         g = F.causal_attention_backward(self.c_proj.backward(dout), self._pop_cache())
         xp = get_xp(self.c_attn.device)
-        dqkv = xp.concatenate([g["dq"], g["dk"], g["dv"]], axis=-1)  # forward split [B, T, 3C] into three
+        dqkv = xp.concatenate([g["dq"], g["dk"], g["dv"]], axis=-1)  # forward split [n, T, 3C] into three
         return self.c_attn.backward(dqkv)
 
 
@@ -151,7 +151,7 @@ class GPT2Model(Module):
 
 
 class GPT2LMHeadModel(Module):
-    """GPT-2 with its tied output head: idx (B, T) integer tokens -> logits (B, T, V).
+    """GPT-2 with its tied output head: idx (n, T) integer tokens -> logits (n, T, V).
 
     The parameters live in ``self.transformer`` (names as in transformers); the head reuses
     ``transformer.wte.table``, so its gradient is the sum of two paths: the lookup's
@@ -171,29 +171,29 @@ class GPT2LMHeadModel(Module):
         self.transformer = GPT2Model(config, dtype=self.dtype, rng=as_generator(rng), device=self.device)
 
     def forward(self, idx):
-        """idx: (B, T) integer tokens, T <= n_positions -> logits (B, T, V)"""
+        """idx: (n, T) integer tokens, T <= n_positions -> logits (n, T, V)"""
         if getattr(idx, "ndim", None) != 2:
-            raise ValueError(f"GPT-2 expects token indices of shape (B, T), got shape {tuple(getattr(idx, 'shape', ()))}")
+            raise ValueError(f"GPT-2 expects token indices of shape (n, T), got shape {tuple(getattr(idx, 'shape', ()))}")
         T = idx.shape[1]
         if T > self.config.n_positions:
             raise ValueError(f"sequence length T={T} exceeds n_positions={self.config.n_positions}")
         t = self.transformer
         xp = get_xp(self.device)
-        x = t.wte(idx) + t.wpe(xp.arange(T))  # [B, T, C] + [T, C] -> [B, T, C]
+        x = t.wte(idx) + t.wpe(xp.arange(T))  # [n, T, C] + [T, C] -> [n, T, C]
         for block in t.h:
             x = block(x)
-        xf = t.ln_f(x)  # [B, T, C]
+        xf = t.ln_f(x)  # [n, T, C]
         self._cache = xf
-        return xf @ t.wte.params["table"].T  # [B, T, C] @ [C, V] -> [B, T, V]
+        return xf @ t.wte.params["table"].T  # [n, T, C] @ [C, V] -> [n, T, V]
 
     def backward(self, dlogits):
-        """dlogits: (B, T, V) -> None (integer inputs have no gradient); fills every trainable grad."""
+        """dlogits: (n, T, V) -> None (integer inputs have no gradient); fills every trainable grad."""
         xf = self._pop_cache()
         t = self.transformer
         table = t.wte.params["table"]
         if dlogits.shape != xf.shape[:-1] + (table.shape[0],):
             raise ValueError(f"dlogits must have the logits' shape {xf.shape[:-1] + (table.shape[0],)}, got {tuple(dlogits.shape)}")
-        dx = t.ln_f.backward(dlogits @ table)  # [B, T, V] @ [V, C] -> [B, T, C]
+        dx = t.ln_f.backward(dlogits @ table)  # [n, T, V] @ [V, C] -> [n, T, C]
         for block in reversed(t.h):
             dx = block.backward(dx)
         t.wte.backward(dx)
@@ -322,7 +322,7 @@ def save_gpt2(model: GPT2LMHeadModel, directory) -> None:
 
 
 def generate(model: GPT2LMHeadModel, idx, max_new_tokens, *, temperature=0.0, rng=None, top_k=None):
-    """Append ``max_new_tokens`` tokens to ``idx`` (B, T): greedy at temperature 0, else sampled.
+    """Append ``max_new_tokens`` tokens to ``idx`` (n, T): greedy at temperature 0, else sampled.
 
     Sampling draws on the host with a NumPy Generator, so runs are reproducible for a seed.
     The whole window (the last n_positions tokens) is recomputed at each step: no key/value cache.
@@ -339,7 +339,7 @@ def generate(model: GPT2LMHeadModel, idx, max_new_tokens, *, temperature=0.0, rn
     model.eval()
     for _ in range(max_new_tokens):
         window = idx[:, -model.config.n_positions :]
-        logits = to_numpy(model.forward(window)[:, -1, :]).astype(np.float64)  # [B, V]
+        logits = to_numpy(model.forward(window)[:, -1, :]).astype(np.float64)  # [n, V]
         model._cache = None
         for _, m in model.named_modules():
             m._cache = None
@@ -386,7 +386,7 @@ def text_windows(tokens, batch_size, seq_len, rng=None):
     offsets = np.arange(seq_len + 1)
     while True:
         starts = rng.integers(0, len(tokens) - seq_len, size=batch_size)
-        w = tokens[starts[:, None] + offsets].astype(np.int64)  # [B, T+1]
+        w = tokens[starts[:, None] + offsets].astype(np.int64)  # [n, T+1]
         yield w[:, :-1], w[:, 1:]
 
 

@@ -1,7 +1,7 @@
 """Two models, both with hand-written backward passes: an MLP classifier and a tiny causal
 transformer language model (pre-LN, GPT-2 style).
 
-Dimension legend: B = batch, T = time, C = d_model, H = heads, V = vocabulary.
+Dimension legend: n = batch, T = time, C = d_model, H = heads, V = vocabulary.
 Every ``Linear`` inside can be swapped for a ``LoRALinear`` by ``lora.inject_lora``.
 """
 
@@ -74,15 +74,15 @@ class MultiHeadSelfAttention(Module):
         self.k = Linear(d_model, d_model, **kw)
         self.v = Linear(d_model, d_model, **kw)
         self.o = Linear(d_model, d_model, **kw)
-        self.attention = None  # the last forward's attention probabilities, (B, H, T, T)
+        self.attention = None  # the last forward's attention probabilities, (n, H, T, T)
 
     def forward(self, x):
-        """x: (B, T, C) -> (B, T, C)"""
+        """x: (n, T, C) -> (n, T, C)"""
         if x.ndim != 3:
-            raise ValueError(f"attention expects input of shape (B, T, C), got shape {tuple(x.shape)}")
+            raise ValueError(f"attention expects input of shape (n, T, C), got shape {tuple(x.shape)}")
         y, self._cache = F.causal_attention_forward(self.q(x), self.k(x), self.v(x), self.n_head)
         self.attention = self._cache[3]
-        return self.o(y)  # [B, T, C] -> [B, T, C]
+        return self.o(y)  # [n, T, C] -> [n, T, C]
 
     def backward(self, dout):
         cache = self._pop_cache()
@@ -126,7 +126,7 @@ class TransformerConfig:
 class TransformerLM(Module):
     """A tiny causal transformer: token + position embeddings, blocks, final LayerNorm, head.
 
-    forward(idx): idx (B, T) integers -> logits (B, T, V); position t sees tokens 0..t only.
+    forward(idx): idx (n, T) integers -> logits (n, T, V); position t sees tokens 0..t only.
     """
 
     def __init__(self, config: TransformerConfig | None = None, *, dtype=np.float32, rng=None, device="cpu", **kwargs):
@@ -152,17 +152,17 @@ class TransformerLM(Module):
         self.head = Linear(c.d_model, c.vocab_size, dtype=dtype, rng=rng, device=device)
 
     def forward(self, idx):
-        """idx: (B, T) integer tokens -> logits (B, T, V)"""
+        """idx: (n, T) integer tokens -> logits (n, T, V)"""
         if idx.ndim != 2:
-            raise ValueError(f"TransformerLM expects token indices of shape (B, T), got shape {tuple(idx.shape)}")
+            raise ValueError(f"TransformerLM expects token indices of shape (n, T), got shape {tuple(idx.shape)}")
         T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence length T={T} exceeds block_size={self.config.block_size}")
         xp = get_xp(self.device)
-        x = self.tok_emb(idx) + self.pos_emb(xp.arange(T))  # [B, T, C] + [T, C] -> [B, T, C]
+        x = self.tok_emb(idx) + self.pos_emb(xp.arange(T))  # [n, T, C] + [T, C] -> [n, T, C]
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))  # [B, T, C] -> [B, T, V]
+        return self.head(self.ln_f(x))  # [n, T, C] -> [n, T, V]
 
     def backward(self, dlogits):
         dx = self.ln_f.backward(self.head.backward(dlogits))

@@ -534,7 +534,7 @@ CATALOGUE = [
     ("cross_entropy_backward", ce_no_mean, "1/N is missing"),
     ("cross_entropy_backward", ce_sign, "(onehot - p)"),
     ("cross_entropy_backward", ce_no_onehot, "one-hot term is missing"),
-    ("cross_entropy_backward", ce_batch_only, "N = B * T"),
+    ("cross_entropy_backward", ce_batch_only, "N = n * T"),
     ("cross_entropy_backward", ce_logits, "logits used where the probabilities"),
     ("gelu_backward", gelu_no_3, "3 x^2"),
     ("gelu_backward", gelu_no_first, "first term 0.5 (1 + tanh(u))"),

@@ -107,7 +107,7 @@ def _check_ce_case(fn, case):
         ("divided by the number of classes K; the mean is over the N rows", (p - onehot) / K),
     ]
     if logits.ndim == 3:
-        mistakes.append(("divided by logits.shape[0] (the batch) only; N counts every position: N = B * T = targets.size",
+        mistakes.append(("divided by logits.shape[0] (the batch) only; N counts every position: N = n * T = targets.size",
                          (p - onehot) / logits.shape[0]))
     err = compare("dlogits", dl, want, mistakes=mistakes)
     if case.get("numeric"):
