@@ -19,6 +19,7 @@ Convention (row vectors, see STYLE.md):  y = x @ W + b + s * (x @ A) @ B
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -428,12 +429,53 @@ def dropout_backward(dout, cache):
 # losses (return a Python float and the gradient of that float)
 
 
+def _check_loss_dout(dout):
+    if getattr(dout, "ndim", None) == 0 and getattr(dout, "dtype", np.dtype(object)).kind in "iuf":
+        dout = float(dout)  # a 0-d array (a NumPy scalar or a numerical-gradient seed)
+    if isinstance(dout, bool) or not isinstance(dout, numbers.Real) or not math.isfinite(dout):
+        raise TypeError(f"dout of a loss is d(objective)/d(loss), a finite Python float such as 1.0, got {dout!r}")
+    return float(dout)
+
+
+def _check_targets(logits, targets, ignore_index):
+    """Integer targets of exactly logits.shape[:-1], each in [0, K) or equal to ignore_index."""
+    xp = get_array_module(logits)
+    if not hasattr(logits, "dtype") or logits.dtype.kind != "f" or logits.ndim < 1:
+        raise TypeError(f"softmax_cross_entropy: logits must be a floating array of shape (..., K), got {logits!r:.80}")
+    if not isinstance(targets, xp.ndarray):
+        raise TypeError(
+            f"softmax_cross_entropy: targets must be a {xp.__name__} integer array like the logits' array, "
+            f"got {type(targets).__module__}.{type(targets).__name__}"
+        )
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"softmax_cross_entropy: targets must be integer class indices, got dtype {targets.dtype}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"softmax_cross_entropy: targets must have shape {tuple(logits.shape[:-1])} (the logits' shape without "
+            f"the class axis K={logits.shape[-1]}), got {tuple(targets.shape)}: nothing is broadcast"
+        )
+    K = logits.shape[-1]
+    t = targets.reshape(-1)
+    if ignore_index is not None:
+        t = t[t != ignore_index]
+    if t.size:
+        low, high = int(t.min()), int(t.max())
+        if low < 0 or high >= K:
+            bad = low if low < 0 else high
+            extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+            raise ValueError(f"softmax_cross_entropy: targets must lie in [0, K={K}){extra}, got {bad}")
+
+
 def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
     """Mean cross-entropy of integer ``targets`` under softmax(``logits``).
 
     logits: (..., K), targets: integer (...) with values in [0, K)  ->  loss: float
     Targets equal to ``ignore_index`` (e.g. -1) contribute nothing; the mean is over the rest.
+    targets must have exactly the shape logits.shape[:-1] (nothing is broadcast).
     """
+    _check_targets(logits, targets, ignore_index)
     xp = get_array_module(logits)
     K = logits.shape[-1]
     z = logits.reshape(-1, K)  # [N, K]
@@ -458,22 +500,41 @@ def softmax_cross_entropy_backward(dout, cache):
 
     ``dout`` is d(final)/d(loss), a float (1.0 when the loss is the objective).
     """
+    dout = _check_loss_dout(dout)
     z, t, keep, n, shape = cache
     xp = get_array_module(z)
     p, _ = softmax_forward(z)
     p[xp.arange(z.shape[0]), t] -= 1.0
     if keep is not None:
         p *= keep[:, None]
-    return {"dlogits": (p * (float(dout) / n)).reshape(shape)}
+    return {"dlogits": (p * (dout / n)).reshape(shape)}
 
 
 def mse_forward(pred, target):
-    """Mean squared error, mean over every element.  ->  loss: float"""
+    """Mean squared error, mean over every element.  ->  loss: float
+
+    pred and target must have the same shape and floating dtype (nothing is broadcast: a (4, 1)
+    target against a (4,) prediction would otherwise give a (4, 4) difference).
+    """
+    xp = get_array_module(pred)
+    if not hasattr(pred, "dtype") or pred.dtype.kind != "f":
+        raise TypeError(f"mse: pred must be a floating array, got {type(pred).__name__}")
+    if not isinstance(target, xp.ndarray):
+        raise TypeError(
+            f"mse: target must be a {xp.__name__} array like pred, got {type(target).__module__}.{type(target).__name__}"
+        )
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"mse: target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}: nothing is broadcast")
+    if target.dtype != pred.dtype:
+        raise TypeError(f"mse: target is {target.dtype} but pred is {pred.dtype}: cast it with target.astype({pred.dtype.name})")
+    if pred.size == 0:
+        raise ValueError("mse: pred is empty, nothing to average")
     diff = pred - target
     return float((diff * diff).mean()), diff
 
 
 def mse_backward(dout, cache):
     """dpred = dout * 2 (pred - target) / size."""
+    dout = _check_loss_dout(dout)
     diff = cache
-    return {"dpred": diff * (2.0 * float(dout) / diff.size)}
+    return {"dpred": diff * (2.0 * dout / diff.size)}
