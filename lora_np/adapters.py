@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import tempfile
 import zipfile
@@ -29,7 +30,7 @@ import numpy as np
 
 from .backend import as_generator, get_xp, to_numpy
 from .layers import Linear, LoRAEmbedding, LoRALinear, Module
-from .lora import DEFAULT_TARGETS, _matches, all_or_nothing, lora_layers, mark_only_lora_as_trainable
+from .lora import DEFAULT_TARGETS, _check_targets, _matches, all_or_nothing, lora_layers, mark_only_lora_as_trainable
 from .lowrank import check_positive_int, check_positive_number, scaling as scaling_rule
 
 FORMAT = "lora_np-adapter"
@@ -559,6 +560,8 @@ def add_adapter(
     layers are wrapped first).  The active adapter does not change (as in PEFT), unless the
     model had none.  Returns the layer names.  Embedding adapters come from inject_lora_embedding.
     """
+    if not isinstance(model, Module):
+        raise TypeError(f"add_adapter expects a lora_np model, got {type(model).__name__}")
     _check_name(name)
     if name in list_adapters(model):
         raise ValueError(f"the model already has an adapter named {name!r}; adapters: {list_adapters(model)}")
@@ -570,7 +573,7 @@ def add_adapter(
             raise TypeError(f"{flag} must be True or False, got {value!r}")
     if dora_detach_norm and not use_dora:
         raise ValueError("dora_detach_norm=True only applies to DoRA: pass use_dora=True as well")
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    targets = _check_targets(targets)
     candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, (Linear, LoRALinear))]
     chosen = [(n, m) for n, m in candidates if any(_matches(n, t) for t in targets)]
     unmatched = [t for t in targets if not any(_matches(n, t) for n, _ in candidates)]
@@ -580,11 +583,19 @@ def add_adapter(
     if pissa:
         raise ValueError(f"{pissa} use init='pissa' (the base W is a residual of that adapter): they cannot hold a second adapter")
     current = active_adapter(model)
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     config = dict(r=r, alpha=alpha, use_rslora=use_rslora, dropout=float(dropout), use_dora=use_dora,
                   dora_detach_norm=dora_detach_norm, scaling=scaling_rule(alpha, r, "rslora" if use_rslora else "lora"))
-    if not 0.0 <= config["dropout"] < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     rng = as_generator(rng)
+    with all_or_nothing(model):
+        _add_to_layers(model, name, chosen, config, current, rng)
+    return [n for n, _ in chosen]
+
+
+def _add_to_layers(model, name, chosen, config, current, rng):
+    r, alpha = config["r"], config["alpha"]
+    use_rslora, dropout, use_dora, dora_detach_norm = (config[k] for k in ("use_rslora", "dropout", "use_dora", "dora_detach_norm"))
     for n, layer in chosen:
         if isinstance(layer, Linear):
             layer = LoRALinear.from_linear(layer, r, alpha, use_rslora=use_rslora, dropout=dropout,
@@ -609,7 +620,6 @@ def add_adapter(
         model.active_adapter_name = name
     mark_only_lora_as_trainable(model)
     _freeze_uninstalled(model)
-    return [n for n, _ in chosen]
 
 
 def _freeze_uninstalled(model):
@@ -624,13 +634,14 @@ def set_adapter(model: Module, name) -> None:
     if name not in list_adapters(model):
         raise KeyError(f"no adapter named {name!r}; the model has {list_adapters(model)}")
     _refuse_merged(model, "set_adapter()")
-    for _, layer in lora_layers(model):
-        _uninstall(layer)
-        if name in _slots(layer):
-            _install(layer, name)
-    model.active_adapter_name = name
-    mark_only_lora_as_trainable(model)
-    _freeze_uninstalled(model)
+    with all_or_nothing(model):
+        for _, layer in lora_layers(model):
+            _uninstall(layer)
+            if name in _slots(layer):
+                _install(layer, name)
+        model.active_adapter_name = name
+        mark_only_lora_as_trainable(model)
+        _freeze_uninstalled(model)
 
 
 def delete_adapter(model: Module, name) -> None:
