@@ -270,9 +270,12 @@ def gelu_forward(x):
     The exact GELU needs erf, which neither NumPy nor CuPy has in its main namespace.
     """
     xp = get_array_module(x)
+    dtype = x.dtype
+    if dtype == np.float16:  # x * x * x overflows float16 for |x| > 40: compute in float32
+        x = x.astype(np.float32)
     t = xp.tanh(_GELU_C * (x + 0.044715 * (x * x * x)))  # x * x * x: NumPy's float32 x**3 is ~100x slower
     out = 0.5 * x * (1.0 + t)
-    return out, (x, t)
+    return out.astype(dtype, copy=False), (x, t)
 
 
 def gelu_backward(dout, cache):
@@ -280,10 +283,10 @@ def gelu_backward(dout, cache):
 
     dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
     """
-    x, t = cache
+    x, t = cache  # float32 for a float16 layer (see gelu_forward): x * x would overflow for |x| > 256
     dudx = _GELU_C * (1.0 + 3.0 * 0.044715 * (x * x))
     local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx
-    return {"dx": dout * local}
+    return {"dx": (dout * local).astype(dout.dtype, copy=False)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -308,14 +311,19 @@ def layernorm_forward(x, gamma, beta, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * gamma + beta over the last axis.
 
     x: (..., C), gamma: (C,), beta: (C,)  ->  y: (..., C)
+    float16 input: the statistics are computed in float32 (a float16 sum of squares overflows
+    past 65504, e.g. 32 features of size 50), and y is rounded back to float16.
     """
     xp = get_array_module(x)
+    dtype = x.dtype
+    if dtype == np.float16:
+        x = x.astype(np.float32)
     mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
     xc = x - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)  # [..., 1]
     rstd = 1.0 / xp.sqrt(var + eps)
     xhat = xc * rstd  # [..., C]
-    return xhat * gamma + beta, (xhat, rstd, gamma)
+    return (xhat * gamma + beta).astype(dtype, copy=False), (xhat, rstd, gamma)
 
 
 def layernorm_backward(dout, cache):
@@ -325,6 +333,9 @@ def layernorm_backward(dout, cache):
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dout * gamma
     """
     xhat, rstd, gamma = cache
+    dtype = dout.dtype
+    if dtype == np.float16:  # as in forward: the sums in float32, the gradients back in float16
+        dout = dout.astype(np.float32)
     C = xhat.shape[-1]
     dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)
     dbeta = dout.reshape(-1, C).sum(axis=0)
@@ -334,7 +345,7 @@ def layernorm_backward(dout, cache):
         - dxhat.mean(axis=-1, keepdims=True)
         - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
     )
-    return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+    return {"dx": dx.astype(dtype, copy=False), "dgamma": dgamma.astype(dtype, copy=False), "dbeta": dbeta.astype(dtype, copy=False)}
 
 
 # ----------------------------------------------------------------------------------------
