@@ -22,6 +22,7 @@ import json
 import numbers
 import os
 import tempfile
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -99,8 +100,8 @@ def adapter_state(model: Module) -> dict:
 # adapter_weights.npz is a zip of .npy members, one per array ("layers.0.A.npy"), plus the
 # config itself as a member (CONFIG_MEMBER: JSON bytes as a uint8 array), so the weights file
 # alone says what it holds and a reader can never pair new weights with an old config.
-# adapter_config.json beside it is the same config, for people and tools; load_adapter
-# refuses a folder where the two disagree.  Each file is written under a temporary name in
+# adapter_config.json beside it is a copy, for people and tools; load_adapter uses the
+# stored one (and warns if the copy differs).  Each file is written under a temporary name in
 # the same folder and renamed over the old one (os.replace is atomic), so a save that fails
 # half way leaves the earlier adapter whole.
 #
@@ -221,18 +222,20 @@ def _array_bytes(shape, dtype) -> int:
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
 
 
-def _read_npy(zf, name, check, where):
-    """One .npy member: its header is read and ``check(shape, dtype)`` -> bytes to read is
-    called before any data; then exactly that many bytes are read."""
+def _read_npy(zf, name, check, max_bytes, where):
+    """One .npy member.  Its size in the zip directory must be at most ``max_bytes`` plus a
+    header (zipfile never inflates a member past that size); its header is read and
+    ``check(shape, dtype)`` -> bytes to read runs before any data; then exactly that many
+    bytes are read."""
     try:
         info = zf.getinfo(f"{name}.npy")
     except KeyError:
-        raise AdapterError(f"the file has no array {name!r}") from None
+        raise AdapterError(f"{where} has no array {name!r}") from None
+    if info.file_size > max_bytes + _NPY_HEADER_BYTES:
+        raise AdapterError(f"{where}: member {name!r} holds {info.file_size:,} bytes, at most {max_bytes:,} were expected")
     try:
         with zf.open(info) as f:
             major, _ = np.lib.format.read_magic(f)
-            if major not in (1, 2, 3):
-                raise AdapterError(f"{where}: array {name!r} has an unknown .npy version {major}")
             header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape, fortran, dtype = header(f)
             nbytes = check(tuple(shape), dtype)
@@ -246,23 +249,24 @@ def _read_npy(zf, name, check, where):
     return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
 
 
-def _read_weights(directory: Path, expected: dict):
-    """(the embedded config or None, {name: array}) for the arrays in ``expected`` only."""
-    path = directory / WEIGHTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}: expected a folder written by save_adapter")
-    limit = sum(_array_bytes(*spec) + 2 * _NPY_HEADER_BYTES for spec in expected.values())
-    limit += MAX_CONFIG_BYTES + 4 * _NPY_HEADER_BYTES
-    size = path.stat().st_size
-    if size > limit:
-        raise AdapterError(f"{path} is {size:,} bytes, more than this model's adapter could take ({limit:,}): refused unread")
+def _embedded_config(zf, path):
+    """The config stored inside the weights file (version 2), or None (version 1)."""
+    if f"{CONFIG_MEMBER}.npy" not in zf.namelist():
+        return None
 
-    def config_check(shape, dtype):
+    def check(shape, dtype):
         if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_CONFIG_BYTES:
-            raise AdapterError(f"{path}: the embedded config is {dtype}{shape}, expected uint8 JSON of at most {MAX_CONFIG_BYTES:,} bytes")
+            raise AdapterError(f"{path}: the stored config is {dtype}{shape}, expected uint8 JSON of at most {MAX_CONFIG_BYTES:,} bytes")
         return shape[0]
 
-    def array_check(name):
+    raw = _read_npy(zf, CONFIG_MEMBER, check, MAX_CONFIG_BYTES, path).tobytes()
+    return _parse_config(raw, f"the config stored in {path}")
+
+
+def _read_arrays(zf, expected: dict, path) -> dict:
+    """{name: array} for the names in ``expected`` ({name: (shape, dtype)}) and no others."""
+
+    def checker(name):
         want_shape, want_dtype = expected[name]
 
         def check(shape, dtype):
@@ -272,16 +276,7 @@ def _read_weights(directory: Path, expected: dict):
 
         return check
 
-    try:
-        with zipfile.ZipFile(path) as zf:
-            embedded = None
-            if f"{CONFIG_MEMBER}.npy" in zf.namelist():
-                raw = _read_npy(zf, CONFIG_MEMBER, config_check, path).tobytes()
-                embedded = _parse_config(raw, f"the config inside {path}")
-            arrays = {name: _read_npy(zf, name, array_check(name), path) for name in expected}
-    except zipfile.BadZipFile as err:
-        raise AdapterError(f"{path} is not a readable .npz file ({err}): truncated or not written by save_adapter") from None
-    return embedded, arrays
+    return {name: _read_npy(zf, name, checker(name), _array_bytes(*spec), path) for name, spec in expected.items()}
 
 
 def _plan_load(model, config) -> list:
@@ -323,32 +318,56 @@ def load_adapter(model: Module, directory) -> list:
     each saved layer must exist in the model as a LoRA layer with the same kind, shape, r,
     alpha, scaling rule, variant (DoRA, init, quantize) and dtype, and the model must have no
     active adapter layer the file lacks.  The weights file is read within the bounds of the
-    model's adapter (see above).  Returns the names of the layers loaded.
+    model's adapter (see above); the config it stores is the one used (adapter_config.json
+    is its copy: a warning says so if they differ).  Returns the names of the layers loaded.
     """
     directory = _check_dir(directory)
     if not isinstance(model, Module):
         raise TypeError(f"load_adapter expects a lora_np model, got {type(model).__name__}")
-    config = _read_config(directory)
-    if not _installed_layers(model):
-        raise AdapterError(
-            f"the model has no LoRA adapter to load into: inject_lora(model, r={config['layers'][next(iter(config['layers']))]['r']}, "
-            f"..., targets={config['targets']}) first"
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        if (directory / CONFIG_FILE).is_file():
+            _read_config(directory)  # a config of another kind (PEFT, another format) says so first
+        raise FileNotFoundError(
+            f"no {WEIGHTS_FILE} in {directory}: expected a folder written by save_adapter ({WEIGHTS_FILE} and {CONFIG_FILE})"
         )
-    plan = _plan_load(model, config)
-    expected = {  # the arrays the file must hold: those of the model's layers, nothing else is read
-        f"{name}.{key}": (tuple(layer.params[key].shape), np.dtype(layer.params[key].dtype))
-        for name, layer in plan for key in ADAPTER_KEYS if key in layer.params
-    }
-    embedded, arrays = _read_weights(directory, expected)
-    if embedded is None and config["version"] != 1:
-        raise AdapterError(f"{directory / WEIGHTS_FILE} holds no config: it was not written by save_adapter (version {VERSION})")
-    if embedded is not None and embedded != config:
-        raise AdapterError(
-            f"{directory / CONFIG_FILE} does not match the config stored in {WEIGHTS_FILE}: the folder was edited "
-            "by hand or is being written right now; save the adapter again"
-        )
-    layers = [layer for _, layer in plan]
-    with all_or_nothing(model, layers):  # nothing has failed: write
+    installed = _installed_layers(model)
+    if not installed:
+        raise AdapterError(f"the model has no LoRA adapter to load into: inject_lora(model, ...) with the saved targets first")
+    # the largest file this model's adapter could come from: its arrays, their headers, a config
+    limit = sum(_array_bytes(m.params[k].shape, m.params[k].dtype) + 2 * _NPY_HEADER_BYTES
+                for _, m in installed for k in ADAPTER_KEYS if k in m.params)
+    limit += MAX_CONFIG_BYTES + 4 * _NPY_HEADER_BYTES
+    size = path.stat().st_size
+    if size > limit:
+        raise AdapterError(f"{path} is {size:,} bytes, more than this model's adapter could take ({limit:,}): refused unread")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = _embedded_config(zf, path)
+            copy = directory / CONFIG_FILE
+            if config is None:  # version 1: the config lives beside the weights only
+                config = _read_config(directory)
+                if config["version"] != 1:
+                    raise AdapterError(f"{path} holds no config: it was not written by save_adapter (version {VERSION})")
+            elif copy.is_file() and copy.stat().st_size <= MAX_CONFIG_BYTES:
+                try:
+                    same = json.loads(copy.read_bytes()) == config
+                except ValueError:
+                    same = False
+                if not same:
+                    warnings.warn(
+                        f"{copy} differs from the config stored in {WEIGHTS_FILE}, which is the one used (the file "
+                        "was edited, or a save was interrupted after writing the weights)", stacklevel=2,
+                    )
+            plan = _plan_load(model, config)
+            expected = {  # only these members are read
+                f"{name}.{key}": (tuple(layer.params[key].shape), np.dtype(layer.params[key].dtype))
+                for name, layer in plan for key in ADAPTER_KEYS if key in layer.params
+            }
+            arrays = _read_arrays(zf, expected, path)
+    except zipfile.BadZipFile as err:
+        raise AdapterError(f"{path} is not a readable .npz file ({err}): truncated, or not written by save_adapter") from None
+    with all_or_nothing(model, [layer for _, layer in plan]):  # nothing has failed: write
         for name, layer in plan:
             for key in ADAPTER_KEYS:
                 if key in layer.params:

@@ -190,7 +190,7 @@ PURE = [
     ("save-directory-int", lambda: ad.save_adapter(lora_mlp(), 3), TypeError, r"directory must be a path"),
     ("save-no-adapter", lambda: ad.save_adapter(mlp(), "unused"), ad.AdapterError, r"has no LoRA adapter: call inject_lora"),
     ("load-directory-none", lambda: ad.load_adapter(lora_mlp(), None), TypeError, r"directory must be a path"),
-    ("load-missing-folder", lambda: ad.load_adapter(lora_mlp(), "/nonexistent/adapter"), FileNotFoundError, r"no adapter_config.json"),
+    ("load-missing-folder", lambda: ad.load_adapter(lora_mlp(), "/nonexistent/adapter"), FileNotFoundError, r"no adapter_weights.npz in /nonexistent/adapter: expected a folder written by save_adapter"),
     ("export-directory-list", lambda: ad.export_peft(lora_mlp(), ["a"]), TypeError, r"directory must be a path"),
     ("set-unknown-adapter", lambda: ad.set_adapter(lora_mlp(), "other"), KeyError, r"no adapter named 'other'"),
     ("delete-active-adapter", lambda: ad.delete_adapter(lora_mlp(), "default"), ValueError, r"is the active adapter"),
