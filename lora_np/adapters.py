@@ -204,6 +204,8 @@ def _parse_config(raw: bytes, where) -> dict:
             value = layer[key]
             if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
                 raise AdapterError(f"{where}: layer {name!r} has {key}={value!r}, of the wrong JSON type")
+        if layer["kind"] not in ("linear", "embedding"):
+            raise AdapterError(f"{where}: layer {name!r} has kind {layer['kind']!r}, expected 'linear' or 'embedding'")
     return config
 
 
