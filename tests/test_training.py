@@ -132,3 +132,112 @@ def test_summary_counts():
     trainable = 2 * 2 * 2 * (16 + 16)
     assert lm.num_parameters(trainable_only=True) == trainable
     assert f"trainable {trainable:,} of {lm.num_parameters():,}" in text
+
+
+# --- float16 ------------------------------------------------------------------------------------
+
+
+def test_adamw_first_step_on_float16_is_finite():
+    """In float16 alone eps = 1e-8 rounds to 0 and dA = 0 at step 0 gives 0/0 = NaN in every A."""
+    assert np.float16(1e-8) == 0
+    model = ln.MLP([8, 6, 3], dtype=np.float16, rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", rng=0)
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float16)
+    opt = ln.AdamW(model, lr=1e-2)
+    for _ in range(3):
+        _, dout = ln.train.cross_entropy(model.forward(x), np.array([0, 1, 2, 0, 1]))
+        model.backward(dout)
+        opt.step()
+    for _, m, k in model.named_parameters(trainable_only=True):
+        assert m.params[k].dtype == np.float16 and np.isfinite(m.params[k]).all()
+    assert np.abs(model.layers[0].B).max() > 0  # B moved
+    state = next(iter(opt.state.values()))
+    assert state["m"].dtype == state["v"].dtype == state["master"].dtype == np.float32
+
+
+def test_float16_master_copy_follows_an_outside_write():
+    """load_adapter (or any in-place write) between steps: the float32 master copy re-syncs."""
+    model = ln.MLP([4, 3], dtype=np.float16, rng=0)
+    opt = ln.SGD(model, lr=0.1)
+    x = np.ones((2, 4), np.float16)
+    for _ in range(2):
+        model.backward(ln.train.cross_entropy(model.forward(x), np.array([0, 1]))[1])
+        opt.step()
+    model.layers[0].W[...] = 0
+    model.backward(ln.train.cross_entropy(model.forward(x), np.array([0, 1]))[1])
+    g = model.layers[0].grads["W"].astype(np.float32)
+    opt.step()
+    np.testing.assert_allclose(model.layers[0].W, (-0.1 * g).astype(np.float16), rtol=1e-3)
+
+
+def test_float16_lora_finetune_learns():
+    """A float16 MLP with LoRA on every layer learns the digits, about as well as in float32."""
+    split = load_digits_split()
+    accs, losses = {}, {}
+    for dtype in (np.float32, np.float16):
+        model = ln.MLP([64, 32, 10], dtype=dtype, rng=0)
+        ln.inject_lora(model, 4, 8.0, targets="layers.*", rng=0)
+        history = fit(model, ln.AdamW(model, lr=1e-2), batches(split.X_train.astype(dtype), split.y_train, 64, rng=0),
+                      150, progress=False)
+        accs[dtype], losses[dtype] = accuracy(model, split.X_test.astype(dtype), split.y_test), history.loss
+        assert model.layers[0].A.dtype == dtype and np.isfinite(model.layers[0].A).all()
+    assert np.mean(losses[np.float16][-10:]) < 0.3 * losses[np.float16][0]
+    assert accs[np.float16] > 0.8 and abs(accs[np.float16] - accs[np.float32]) < 0.03
+
+
+def test_float16_layernorm_and_gelu_do_not_overflow():
+    x = (np.random.default_rng(0).standard_normal((4, 32)) * 100).astype(np.float16)  # sum of squares > 65504
+    ln16 = ln.LayerNorm(32, dtype=np.float16)
+    ln32 = ln.LayerNorm(32, dtype=np.float32)
+    y16 = ln16.forward(x)
+    assert y16.dtype == np.float16
+    np.testing.assert_allclose(y16, ln32.forward(x.astype(np.float32)), atol=4e-3)
+    dy = np.full((4, 32), 0.1, np.float16)
+    dx16, dx32 = ln16.backward(dy), ln32.backward(dy.astype(np.float32))
+    assert dx16.dtype == ln16.grads["gamma"].dtype == np.float16
+    np.testing.assert_allclose(dx16, dx32, atol=1e-3)
+    gelu = ln.GELU()
+    xg = np.array([-300.0, -100.0, 0.0, 100.0, 300.0], np.float16)
+    with np.errstate(all="raise"):
+        out = gelu.forward(xg)
+        dx = gelu.backward(np.ones(5, np.float16))
+    np.testing.assert_array_equal(out, [0, 0, 0, 100, 300])
+    np.testing.assert_array_equal(dx, [0, 0, 0.5, 1, 1])
+
+
+# --- inject_lora: options reach the layers, targets match on dot boundaries -------------------------
+
+
+def test_inject_lora_dropout_reaches_every_layer_and_acts_in_training():
+    model = ln.MLP([8, 16, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", dropout=0.25, rng=0)
+    assert [layer.dropout for layer in model.layers] == [0.25, 0.25]
+    for layer in model.layers:
+        layer.B[...] = 1.0
+    x = np.ones((64, 8), np.float32)
+    train_a, train_b = model.forward(x), model.forward(x)
+    assert not np.array_equal(train_a, train_b)  # a fresh mask each time
+    model.eval()
+    np.testing.assert_array_equal(model.forward(x), model.forward(x))
+
+
+class _QKV(ln.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = ln.Linear(4, 4, rng=0)
+        self.v = ln.Linear(4, 4, rng=1)
+        self.inner = ln.MLP([4, 4], rng=2)
+
+
+def test_targets_match_on_dot_boundaries():
+    model = _QKV()
+    assert ln.inject_lora(model, 1, 1.0, targets="v") == ["v"]  # not qkv
+    assert type(model.qkv) is ln.Linear
+    model = _QKV()
+    assert ln.inject_lora(model, 1, 1.0, targets="layers.0") == ["inner.layers.0"]
+    model = _QKV()
+    with pytest.raises(ValueError, match=r"no Linear layer matches target\(s\) \['kv'\]"):
+        ln.inject_lora(model, 1, 1.0, targets="kv")  # a tail of 'qkv' that is not a whole name
+    with pytest.raises(ValueError, match=r"target\(s\) \['ayers.0'\]"):
+        ln.inject_lora(model, 1, 1.0, targets="ayers.0")
+    assert ln.inject_lora(model, 1, 1.0, targets="*v") == ["qkv", "v"]  # a wildcard may cross it
