@@ -173,6 +173,13 @@ def fit(
 
 def accuracy(model, X, y, batch_size=1024, ignore_index=-1) -> float:
     """Share of positions where argmax of the model's output equals the target (eval mode)."""
+    if not hasattr(X, "shape") or not hasattr(y, "shape") or len(X) != len(y):
+        raise ValueError(
+            f"accuracy: X and y must be arrays of the same length, got {getattr(X, 'shape', type(X).__name__)} "
+            f"and {getattr(y, 'shape', type(y).__name__)}"
+        )
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
+        raise ValueError(f"accuracy: batch_size must be a positive int, got {batch_size!r}")
     was_training = model.training
     model.eval()
     correct = total = 0

@@ -17,7 +17,7 @@ from lora_np import adapters as ad
 from lora_np import functional as F
 from lora_np.data import batches
 from lora_np.optim import param_groups
-from lora_np.train import TrainingDiverged, cross_entropy, fit, mse
+from lora_np.train import TrainingDiverged, accuracy, cross_entropy, fit, mse
 
 f32 = np.float32
 LOGITS = np.zeros((4, 3), f32)
@@ -160,6 +160,9 @@ PURE = [
     ("fit-data-runs-out", fit_call(steps=5, data=iter([(X8, Y6 % 4)] * 2)), ValueError, r"data ran out at step 3 of 5"),
     ("fit-loss-returns-array", fit_call(loss=loss_returns_array), TypeError, r"loss function must return \(float, dout\)"),
     ("fit-wrong-targets", fit_call(data=batches(X8, Y6 + 7, 2, rng=0)), ValueError, r"\[0, K=4\)"),
+    ("accuracy-lengths", lambda: accuracy(mlp(), X8, Y6[:4]), ValueError, r"X and y must be arrays of the same length, got \(6, 8\) and \(4,\)"),
+    ("accuracy-y-list", lambda: accuracy(mlp(), X8, list(Y6)), ValueError, r"same length"),
+    ("accuracy-batch-zero", lambda: accuracy(mlp(), X8, Y6, batch_size=0), ValueError, r"batch_size must be a positive int"),
     # --- forward inputs ---------------------------------------------------------------------------
     ("mlp-forward-last-dim", lambda: mlp().forward(np.zeros((2, 7), f32)), ValueError, r"expects input of shape \(\.\.\., 8\).*got shape \(2, 7\)"),
     ("mlp-forward-float64", lambda: mlp().forward(np.zeros((2, 8))), TypeError, r"has dtype float32 but the input is float64"),
