@@ -698,11 +698,19 @@ def adapters_disabled(model: Module):
 
 
 def merge_adapter(model: Module, name) -> list:
-    """Activate ``name`` and fold it into the base weights (``unmerge_all`` takes it out again)."""
-    set_adapter(model, name)
-    layers = [(n, m) for n, m in lora_layers(model) if _active_name(m) == name]
-    for _, layer in layers:
-        layer.merge()
+    """Activate ``name`` and fold it into the base weights (``unmerge_all`` takes it out again).
+    All or nothing: if a layer cannot merge, the model is left as it was."""
+    if name not in list_adapters(model):
+        raise KeyError(f"no adapter named {name!r}; the model has {list_adapters(model)}")
+    holders = [m for _, m in lora_layers(model) if name in _slots(m) or _active_name(m) == name]
+    with all_or_nothing(model, holders):
+        set_adapter(model, name)
+        layers = [(n, m) for n, m in lora_layers(model) if _active_name(m) == name]
+        quantized = [n for n, m in layers if getattr(m, "qweight", None) is not None]
+        if quantized:
+            raise RuntimeError(f"merge_adapter: {quantized} store W in NF4 and cannot take a merge; nothing was changed")
+        for _, layer in layers:
+            layer.merge()
     return [n for n, _ in layers]
 
 

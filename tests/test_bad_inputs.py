@@ -315,6 +315,8 @@ MUTATING = [
     ("add-adapter-detach-without-dora", trained_lora_mlp, lambda m, t, mp: ad.add_adapter(m, "x", 2, 4.0, targets="layers.*", dora_detach_norm=True), ValueError, r"dora_detach_norm=True only applies to DoRA"),
     ("add-adapter-while-merged", merged_lora_mlp, lambda m, t, mp: ad.add_adapter(m, "x", 2, 4.0, targets="layers.*"), RuntimeError, r"while adapters are merged"),
     ("add-adapter-fault-half-way", trained_lora_mlp, lambda m, t, mp: (fail_on_second(mp, "reset_lora_parameters"), ad.add_adapter(m, "x", 2, 4.0, targets="layers.*")), MemoryError, r"half way"),
+    ("merge-adapter-unknown", two_adapters, lambda m, t, mp: ad.merge_adapter(m, "third"), KeyError, r"no adapter named 'third'"),
+    ("merge-adapter-fault-on-second-layer", two_adapters, lambda m, t, mp: (fail_on_second(mp, "merge"), ad.merge_adapter(m, "second")), MemoryError, r"half way"),
     ("set-adapter-while-merged", merged_lora_mlp, lambda m, t, mp: ad.set_adapter(m, "default"), RuntimeError, r"while adapters are merged"),
     ("load-into-a-model-without-lora", mlp, lambda m, t, mp: ad.load_adapter(m, saved_other_model(t)), ad.AdapterError, r"no LoRA adapter to load into"),
     ("load-from-another-model", trained_lora_mlp, lambda m, t, mp: ad.load_adapter(m, saved_other_model(t)), ad.AdapterError, r"layers.0: the file has out_features=12 but the model's layer has out_features=16"),
