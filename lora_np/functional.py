@@ -23,7 +23,7 @@ import numbers
 
 import numpy as np
 
-from .backend import get_array_module, scatter_add
+from .backend import get_array_module, scatter_add, to_numpy
 
 # ----------------------------------------------------------------------------------------
 # linear
@@ -467,16 +467,13 @@ def _check_targets(logits, targets, ignore_index):
             f"softmax_cross_entropy: targets must have shape {tuple(logits.shape[:-1])} (the logits' shape without "
             f"the class axis K={logits.shape[-1]}), got {tuple(targets.shape)}: nothing is broadcast"
         )
-    K = logits.shape[-1]
-    t = targets.reshape(-1)
-    if ignore_index is not None:
-        t = t[t != ignore_index]
-    if t.size:
-        low, high = int(t.min()), int(t.max())
-        if low < 0 or high >= K:
-            bad = low if low < 0 else high
-            extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-            raise ValueError(f"softmax_cross_entropy: targets must lie in [0, K={K}){extra}, got {bad}")
+
+
+def _bad_target(t, K, ignore_index):
+    """The first target outside [0, K) (and not ignore_index), for the error message only."""
+    t = to_numpy(t)
+    bad = t[((t < 0) | (t >= K)) & (t != ignore_index if ignore_index is not None else True)]
+    return int(bad[0])
 
 
 def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
@@ -491,10 +488,17 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
     K = logits.shape[-1]
     z = logits.reshape(-1, K)  # [N, K]
     t = targets.reshape(-1)  # [N]
+    outside = (t < 0) | (t >= K)
     keep = None if ignore_index is None else (t != ignore_index)
-    if keep is not None:
+    if keep is None:
+        n, n_bad = z.shape[0], int(outside.sum())
+    else:  # both counts in one transfer from the device
+        n, n_bad = (int(c) for c in to_numpy(xp.stack([keep.sum(), (outside & keep).sum()])))
         t = xp.where(keep, t, 0)
-    n = z.shape[0] if keep is None else int(keep.sum())
+    if n_bad:
+        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        bad = _bad_target(targets.reshape(-1), K, ignore_index)
+        raise ValueError(f"softmax_cross_entropy: targets must lie in [0, K={K}){extra}, got {bad}")
     if n == 0:
         raise ValueError("softmax_cross_entropy: every target is ignore_index, nothing to average")
     zmax = z.max(axis=1, keepdims=True)
