@@ -41,10 +41,18 @@ def tiny_lm():
 
 
 def fit_call(steps=3, **kw):
-    model = mlp()
-    args = dict(model=model, optimizer=ln.SGD(model), data=batches(X8, Y6, 2, rng=0), steps=steps)
-    args.update(kw)
-    return lambda: fit(progress=False, **args)
+    """A fit call with one bad argument; a callable ``data`` is called to make the iterator
+    when the test runs (an iterator made at import would be used up by a second run)."""
+
+    def call():
+        model = mlp()
+        args = dict(model=model, optimizer=ln.SGD(model), data=batches(X8, Y6, 2, rng=0), steps=steps)
+        args.update(kw)
+        if callable(args["data"]):
+            args["data"] = args["data"]()
+        return fit(progress=False, **args)
+
+    return call
 
 
 def loss_returns_array(out, target):
@@ -157,9 +165,9 @@ PURE = [
     ("fit-diverge-window-zero", fit_call(diverge_window=0), ValueError, r"diverge_window must be a positive int"),
     ("fit-model-not-module", fit_call(model="model"), TypeError, r"model must be a lora_np Module"),
     ("fit-optimizer-wrong", fit_call(optimizer=object()), TypeError, r"optimizer must be a lora_np optimiser"),
-    ("fit-data-runs-out", fit_call(steps=5, data=iter([(X8, Y6 % 4)] * 2)), ValueError, r"data ran out at step 3 of 5"),
+    ("fit-data-runs-out", fit_call(steps=5, data=lambda: iter([(X8, Y6 % 4)] * 2)), ValueError, r"data ran out at step 3 of 5"),
     ("fit-loss-returns-array", fit_call(loss=loss_returns_array), TypeError, r"loss function must return \(float, dout\)"),
-    ("fit-wrong-targets", fit_call(data=batches(X8, Y6 + 7, 2, rng=0)), ValueError, r"\[0, K=4\)"),
+    ("fit-wrong-targets", fit_call(data=lambda: batches(X8, Y6 + 7, 2, rng=0)), ValueError, r"\[0, K=4\)"),
     ("accuracy-lengths", lambda: accuracy(mlp(), X8, Y6[:4]), ValueError, r"X and y must be arrays of the same length, got \(6, 8\) and \(4,\)"),
     ("accuracy-y-list", lambda: accuracy(mlp(), X8, list(Y6)), ValueError, r"same length"),
     ("accuracy-batch-zero", lambda: accuracy(mlp(), X8, Y6, batch_size=0), ValueError, r"batch_size must be a positive int"),
