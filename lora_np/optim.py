@@ -100,7 +100,6 @@ class Optimizer:
         if not any(g["params"] for g in self.groups):
             raise ValueError("the optimiser got no trainable parameters (is everything frozen?)")
         self.state = {}
-        self.t = 0
 
     def _check_group(self, group):
         """Check (and normalise) a group's hyper-parameters; subclasses add theirs."""
@@ -116,7 +115,6 @@ class Optimizer:
         Raises if no parameter had one: the optimiser's parameters are not those the model
         trains (an optimiser built before ``inject_lora``), or no backward ran since zero_grad.
         """
-        self.t += 1
         updated = 0
         for group in self.groups:
             for name, module, key in group["params"]:
@@ -135,7 +133,6 @@ class Optimizer:
                     self._update(param, grad, state, group)
                 updated += 1
         if not updated:
-            self.t -= 1
             n = sum(len(g["params"]) for g in self.groups)
             raise RuntimeError(
                 f"step() updated nothing: none of the optimiser's {n} parameters has a gradient and is trainable. "

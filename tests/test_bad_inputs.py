@@ -150,8 +150,9 @@ PURE = [
     ("optimizer-missing-key", lambda: ln.SGD([("layers.0.Q", mlp().layers[0], "Q")]), KeyError, r"no parameter 'Q'"),
     ("optimizer-params-int", lambda: ln.SGD(3), TypeError, r"expected a model or \(name, module, key\) references"),
     ("param-groups-bad-lr", lambda: param_groups(lora_mlp(), 1e-3, {"B": -1.0}), ValueError, r"the learning rate of 'B' must be a positive"),
-    ("param-groups-not-a-model", lambda: param_groups([1, 2], 1e-3), TypeError, r"expects a lora_np model"),
-    ("optimizer-built-before-inject", optimizer_built_before_inject, RuntimeError, r"updated nothing.*built before inject_lora"),
+    ("param-groups-not-a-model", lambda: param_groups([1, 2], 1e-3), TypeError, r"param_groups expects a lora_np model, got list"),
+    ("param-groups-lr-negative", lambda: param_groups(lora_mlp(), -1e-3), ValueError, r"^lr must be a positive finite number, got -0.001"),
+    ("optimizer-built-before-inject", optimizer_built_before_inject, RuntimeError, r"step\(\) updated nothing: none of the optimiser's 4 parameters has a gradient and is trainable\. An optimiser built before inject_lora \(or add_adapter/set_adapter\) holds the replaced or now-frozen layers: build it after, e\.g\. AdamW\(model, lr=\.\.\.\); otherwise call model\.backward\(dout\) before step\(\)"),
     # --- fit --------------------------------------------------------------------------------------
     ("fit-steps-zero", fit_call(steps=0), ValueError, r"steps must be a positive int, got 0"),
     ("fit-steps-negative", fit_call(steps=-1), ValueError, r"steps must be a positive int"),
