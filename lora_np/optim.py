@@ -115,7 +115,7 @@ class Optimizer:
         Raises if no parameter had one: the optimiser's parameters are not those the model
         trains (an optimiser built before ``inject_lora``), or no backward ran since zero_grad.
         """
-        updated = 0
+        updated = False
         for group in self.groups:
             for name, module, key in group["params"]:
                 grad = module.grads.get(key)
@@ -131,7 +131,7 @@ class Optimizer:
                     self._update_half(param, grad, state, group)
                 else:
                     self._update(param, grad, state, group)
-                updated += 1
+                updated = True
         if not updated:
             n = sum(len(g["params"]) for g in self.groups)
             raise RuntimeError(

@@ -59,6 +59,16 @@ def test_defaults_and_hyper_parameters_enter_as_python_floats():
     assert ln.AdamW(ln.MLP([2, 2])).groups[0]["eps"] == 1e-8
     assert all(type(b) is float for b in group["betas"])
     assert type(group["eps"]) is float and type(group["weight_decay"]) is float
+    grouped = ln.AdamW([{"params": ln.MLP([2, 2]), "lr": np.float32(0.5)}])
+    assert type(grouped.groups[0]["lr"]) is float and grouped.groups[0]["lr"] == 0.5
+
+
+def test_zero_grad_clears_the_gradients_of_its_parameters_only():
+    model = model_with_grads()
+    other = model_with_grads(seed=1)
+    ln.SGD([ref for ref in model.named_parameters() if ref[0].startswith("layers.1")]).zero_grad()
+    assert model.layers[1].grads == {} and set(model.layers[0].grads) == {"W", "b"}
+    assert set(other.layers[1].grads) == {"W", "b"}
 
 
 def test_a_parameter_without_a_gradient_does_not_stop_the_others():
