@@ -11,8 +11,10 @@
     delete_adapter(model, "default")
 
 Only the adapters' own parameters (A, B and DoRA's m) are saved: the base model is whatever
-the receiving model holds, so it must be the same base.  Files are plain ``.npz`` (read with
-``allow_pickle=False``) and JSON: nothing in them can run code.
+the receiving model holds, so it must be the same base.  Files are plain ``.npz`` (a zip of
+``.npy`` arrays, never unpickled) and JSON: nothing in them can run code.  Every file is
+written under a temporary name and renamed, and a load reads no more than the model's own
+adapter could hold (see "files" below).
 """
 
 from __future__ import annotations
