@@ -188,7 +188,7 @@ def _holds_adapter(layer) -> bool:
     return layer.__dict__.get("active_adapter", "default") is not None
 
 
-def _check_foldable(model, layers, what):
+def _check_foldable(layers, what):
     """The reasons a merge or unmerge would fail, checked on every layer before any is changed."""
     quantized = [n for n, m in layers if getattr(m, "qweight", None) is not None]
     if quantized:
@@ -210,7 +210,7 @@ def merge_all(model: Module) -> int:
     Every layer is checked first; if a merge still fails, every W is put back as it was.
     """
     layers = [(n, m) for n, m in lora_layers(model) if not m.merged and _holds_adapter(m)]
-    _check_foldable(model, layers, "merge_all")
+    _check_foldable(layers, "merge_all")
     with all_or_nothing(model, [m for _, m in layers]):
         for _, m in layers:
             m.merge()
@@ -220,7 +220,7 @@ def merge_all(model: Module) -> int:
 def unmerge_all(model: Module) -> int:
     """Take every merged adapter back out of its W; returns how many were unmerged (all or none)."""
     layers = [(n, m) for n, m in lora_layers(model) if m.merged]
-    _check_foldable(model, layers, "unmerge_all")
+    _check_foldable(layers, "unmerge_all")
     with all_or_nothing(model, [m for _, m in layers]):
         for _, m in layers:
             m.unmerge()

@@ -98,13 +98,14 @@ PURE = [
     ("ce-backward-dout-nan", lambda: F.softmax_cross_entropy_backward(float("nan"), F.softmax_cross_entropy_forward(LOGITS, T_OK)[1]), TypeError, r"finite Python float"),
     ("ce-backward-dout-vector", lambda: F.softmax_cross_entropy_backward(np.ones(2), F.softmax_cross_entropy_forward(LOGITS, T_OK)[1]), TypeError, r"finite Python float"),
     # --- mse targets ----------------------------------------------------------------------------
+    ("ce-ignored-value-before-a-bad-one", lambda: cross_entropy(LOGITS, np.array([-1, 7, 0, 0])), ValueError, r"or ignore_index=-1, got 7$"),
     ("mse-4x1-vs-4", lambda: mse(np.zeros((4, 1), f32), np.zeros(4, f32)), ValueError, r"shape of pred \(4, 1\), got \(4,\): nothing is broadcast"),
     ("mse-4-vs-4x1", lambda: mse(np.zeros(4, f32), np.zeros((4, 1), f32)), ValueError, r"shape of pred \(4,\), got \(4, 1\)"),
     ("mse-scalar-target", lambda: mse(np.zeros(4, f32), np.zeros((), f32)), ValueError, r"shape of pred"),
     ("mse-dtype", lambda: mse(np.zeros(4, f32), np.zeros(4)), TypeError, r"target is float64 but pred is float32: cast"),
-    ("mse-target-list", lambda: mse(np.zeros(2, f32), [0.0, 1.0]), TypeError, r"target must be a numpy array"),
-    ("mse-integer-pred", lambda: mse(np.zeros(2, np.int64), np.zeros(2, np.int64)), TypeError, r"pred must be a floating array"),
-    ("mse-empty", lambda: mse(np.zeros(0, f32), np.zeros(0, f32)), ValueError, r"pred is empty"),
+    ("mse-target-list", lambda: mse(np.zeros(2, f32), [0.0, 1.0]), TypeError, r"^mse: target must be a numpy array like pred, got builtins.list$"),
+    ("mse-integer-pred", lambda: mse(np.zeros(2, np.int64), np.zeros(2, np.int64)), TypeError, r"^mse: pred must be a floating array, got ndarray$"),
+    ("mse-empty", lambda: mse(np.zeros(0, f32), np.zeros(0, f32)), ValueError, r"^mse: pred is empty, nothing to average$"),
     ("mse-backward-dout-none", lambda: F.mse_backward(None, np.zeros(2, f32)), TypeError, r"finite Python float"),
     ("mse-backward-dout-inf", lambda: F.mse_backward(float("inf"), np.zeros(2, f32)), TypeError, r"finite Python float"),
     # --- batches --------------------------------------------------------------------------------
@@ -247,6 +248,12 @@ def with_nf4_second():
     return model
 
 
+def _marked_merged(model):
+    for layer in model.layers:
+        layer.merged = True  # as if merged: unmerge_all must refuse the NF4 one before touching any
+    return model
+
+
 def trained_lora_mlp():
     model = lora_mlp()
     for _, m, k in model.named_parameters(trainable_only=True):
@@ -294,6 +301,11 @@ def fail_on_second(monkeypatch, method):
 
 # (id, model factory, call(model, tmp_path, monkeypatch), exception type, regex)
 MUTATING = [
+    ("inject-not-a-model", mlp, lambda m, t, mp: ln.inject_lora("model", 2, 4.0), TypeError, r"^expected a lora_np model \(a Module\), got str$"),
+    ("inject-targets-int-not-list", mlp, lambda m, t, mp: ln.inject_lora(m, 2, 4.0, targets=3), TypeError, r"^targets must be a layer name or a list of names, got 3$"),
+    ("loraplus-ratio-zero", lora_mlp, lambda m, t, mp: ln.loraplus_param_groups(m, 1e-3, ratio=0), ValueError, r"^ratio must be a positive finite number, got 0$"),
+    ("loraplus-lr-nan", lora_mlp, lambda m, t, mp: ln.loraplus_param_groups(m, float("nan")), ValueError, r"^lr must be a positive finite number, got nan$"),
+    ("unmerge-all-nf4", lambda: _marked_merged(with_nf4_second()), lambda m, t, mp: ln.unmerge_all(m), RuntimeError, r"^unmerge_all: \['layers.1'\] store W in NF4"),
     ("inject-r-zero", mlp, lambda m, t, mp: ln.inject_lora(m, 0, 4.0, targets="layers.*"), ValueError, r"r must be a positive int"),
     ("inject-r-float", mlp, lambda m, t, mp: ln.inject_lora(m, 2.0, 4.0, targets="layers.*"), TypeError, r"r must be a positive int"),
     ("inject-alpha-negative", mlp, lambda m, t, mp: ln.inject_lora(m, 2, -1.0, targets="layers.*"), ValueError, r"alpha must be a positive"),
@@ -307,12 +319,12 @@ MUTATING = [
     ("inject-unknown-keyword", mlp, lambda m, t, mp: ln.inject_lora(m, 2, 4.0, targets="layers.*", use_dorra=True), TypeError, r"unexpected keyword argument 'use_dorra'"),
     ("inject-dtype-keyword", mlp, lambda m, t, mp: ln.inject_lora(m, 2, 4.0, targets="layers.*", dtype=np.float64), TypeError, r"takes dtype from the wrapped layer"),
     ("inject-quantize-unknown", mlp, lambda m, t, mp: ln.inject_lora(m, 2, 4.0, targets="layers.*", quantize="int8"), ValueError, r"quantize must be None or 'nf4'"),
-    ("inject-twice", trained_lora_mlp, lambda m, t, mp: ln.inject_lora(m, 2, 4.0, targets="layers.*"), ValueError, r"already hold a LoRA adapter.*add_adapter"),
+    ("inject-twice", trained_lora_mlp, lambda m, t, mp: ln.inject_lora(m, 2, 4.0, targets="layers.*"), ValueError, r"^\['layers.0', 'layers.1'\] already hold a LoRA adapter: inject once per layer \(add_adapter adds a second, named adapter\); nothing was changed$"),
     ("inject-fault-half-way", mlp, lambda m, t, mp: (mp.setattr(ln.lora, "mark_only_lora_as_trainable", lambda model: (_ for _ in ()).throw(MemoryError("fault"))), ln.inject_lora(m, 2, 4.0, targets="layers.*")), MemoryError, r"fault"),
     ("inject-embedding-r-zero", tiny_lm, lambda m, t, mp: ln.inject_lora_embedding(m, 0, 4.0), ValueError, r"r must be a positive int"),
     ("inject-embedding-not-an-embedding", tiny_lm, lambda m, t, mp: ln.inject_lora_embedding(m, 2, 4.0, targets=["tok_emb", "head"]), ValueError, r"no Embedding layer matches target\(s\) \['head'\]"),
-    ("merge-all-with-an-nf4-layer", with_nf4_second, lambda m, t, mp: ln.merge_all(m), RuntimeError, r"\['layers.1'\] store W in NF4.*nothing was changed"),
-    ("merge-all-disabled", trained_lora_mlp, lambda m, t, mp: (ad.disable_adapters(m), ln.merge_all(m)), RuntimeError, r"disabled.*nothing was changed"),
+    ("merge-all-with-an-nf4-layer", with_nf4_second, lambda m, t, mp: ln.merge_all(m), RuntimeError, r"^merge_all: \['layers.1'\] store W in NF4; folding the update into 4-bit codes would re-quantize it \(dequantize into a float Linear first\); nothing was changed$"),
+    ("merge-all-disabled", trained_lora_mlp, lambda m, t, mp: (ad.disable_adapters(m), ln.merge_all(m)), RuntimeError, r"^merge_all: the adapters of \['layers.0', 'layers.1'\] are disabled or hold no adapter \(enable_adapters / set_adapter first\); nothing was changed$"),
     ("merge-all-fault-on-second-layer", trained_lora_mlp, lambda m, t, mp: (fail_on_second(mp, "merge"), ln.merge_all(m)), MemoryError, r"half way"),
     ("unmerge-all-fault-on-second-layer", merged_lora_mlp, lambda m, t, mp: (fail_on_second(mp, "unmerge"), ln.unmerge_all(m)), MemoryError, r"half way"),
     ("add-adapter-bad-name", trained_lora_mlp, lambda m, t, mp: ad.add_adapter(m, "a b", 2, 4.0, targets="layers.*"), ValueError, r"adapter name must be a non-empty string"),

@@ -241,3 +241,55 @@ def test_targets_match_on_dot_boundaries():
     with pytest.raises(ValueError, match=r"target\(s\) \['ayers.0'\]"):
         ln.inject_lora(model, 1, 1.0, targets="ayers.0")
     assert ln.inject_lora(model, 1, 1.0, targets="*v") == ["qkv", "v"]  # a wildcard may cross it
+
+
+def test_summary_text():
+    model = ln.MLP([3, 2], rng=0)
+    ln.inject_lora(model, 1, 1.0, targets="layers.0")
+    lines = [line.split() for line in ln.summary(model).split("\n")]
+    assert lines[0] == ["parameter", "shape", "count"]
+    assert lines[1:3] == [["layers.0.A", "(3,", "1)", "3"], ["layers.0.B", "(1,", "2)", "2"]]
+    assert ln.summary(model).split("\n")[3] == "trainable 5 of 13 parameters (38.46%)"
+    assert ln.summary(ln.MLP([3, 2]).freeze()).endswith("trainable 0 of 8 parameters (0.00%)")
+
+
+def test_linear_names_and_default_scaling_rule():
+    model = ln.MLP([4, 3, 2], rng=0)
+    assert ln.lora.linear_names(model) == ["layers.0", "layers.1"]
+    ln.inject_lora(model, 2, 8.0, targets="layers.0")
+    assert ln.lora.linear_names(model) == ["layers.1"]
+    assert model.layers[0].scaling == 4.0 and not model.layers[0].use_rslora  # alpha / r by default
+
+
+def test_inject_lora_embedding_passes_rng_and_rule():
+    def lm():
+        return ln.TransformerLM(vocab_size=6, block_size=4, d_model=8, n_head=2, n_layer=1, rng=0)
+
+    a, b = lm(), lm()
+    ln.inject_lora_embedding(a, 4, 8.0, rng=3)
+    ln.inject_lora_embedding(b, 4, 8.0, rng=3)
+    np.testing.assert_array_equal(a.tok_emb.B, b.tok_emb.B)  # seeded
+    assert a.tok_emb.scaling == 2.0 and not a.tok_emb.use_rslora
+    c = lm()
+    ln.inject_lora_embedding(c, 4, 8.0, use_rslora=True, rng=3)
+    assert c.tok_emb.use_rslora and c.tok_emb.scaling == 4.0
+
+
+def test_loraplus_default_ratio_is_plain_lora():
+    model = ln.MLP([4, 3], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.0")
+    groups = ln.loraplus_param_groups(model, 1e-3)
+    assert sorted(g["lr"] for g in groups) == [1e-3, 1e-3]
+
+
+def test_merge_all_skips_merged_layers_and_layers_without_the_active_adapter():
+    from lora_np import adapters as ad
+
+    model = ln.MLP([4, 4, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.0", rng=0)
+    ad.add_adapter(model, "other", 2, 4.0, targets="layers.*", rng=1)
+    ad.set_adapter(model, "default")  # layers.1 holds only "other": it computes its base
+    assert ln.merge_all(model) == 1
+    assert ln.merge_all(model) == 0  # nothing left to merge: no error
+    assert model.layers[0].merged and not model.layers[1].merged
+    assert ln.unmerge_all(model) == 1 and ln.unmerge_all(model) == 0
