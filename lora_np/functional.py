@@ -458,7 +458,7 @@ def _check_targets(logits, targets, ignore_index):
             f"softmax_cross_entropy: targets must be a {xp.__name__} integer array like the logits' array, "
             f"got {type(targets).__module__}.{type(targets).__name__}"
         )
-    if targets.dtype.kind not in "iu":
+    if targets.dtype.kind not in ("i", "u"):
         raise TypeError(f"softmax_cross_entropy: targets must be integer class indices, got dtype {targets.dtype}")
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
         raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")

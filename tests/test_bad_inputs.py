@@ -8,6 +8,7 @@ the bad call and compares the fingerprint.
 """
 
 import re
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -89,11 +90,13 @@ PURE = [
     ("ce-target-shape-1", lambda: cross_entropy(LOGITS, np.array([1])), ValueError, r"shape \(4,\).*got \(1,\)"),
     ("ce-target-shape-4x1", lambda: cross_entropy(LOGITS, T_OK[:, None]), ValueError, r"shape \(4,\).*got \(4, 1\)"),
     ("ce-target-list", lambda: cross_entropy(LOGITS, [0, 1, 2, 1]), TypeError, r"targets must be a numpy integer array.*builtins.list"),
+    ("ce-target-decimal", lambda: cross_entropy(LOGITS, Decimal(1)), TypeError, r"targets must be a numpy integer array like the logits' array, got decimal.Decimal$"),
+    ("mse-target-decimal", lambda: mse(np.zeros(1, f32), Decimal(1)), TypeError, r"target must be a numpy array like pred, got decimal.Decimal$"),
     ("ce-integer-logits", lambda: cross_entropy(np.zeros((4, 3), np.int64), T_OK), TypeError, r"logits must be a floating array"),
     ("ce-ignore-index-str", lambda: F.softmax_cross_entropy_forward(LOGITS, T_OK, ignore_index="a"), TypeError, r"ignore_index must be an int or None"),
     ("ce-ignore-index-float", lambda: F.softmax_cross_entropy_forward(LOGITS, T_OK, ignore_index=1.5), TypeError, r"ignore_index must be an int"),
-    ("ce-all-ignored", lambda: cross_entropy(LOGITS, np.full(4, -1)), ValueError, r"every target is ignore_index"),
-    ("ce-lm-targets-wrong-T", lambda: cross_entropy(np.zeros((2, 5, 7), f32), np.zeros((2, 4), np.int64)), ValueError, r"shape \(2, 5\).*got \(2, 4\)"),
+    ("ce-all-ignored", lambda: cross_entropy(LOGITS, np.full(4, -1)), ValueError, r"^softmax_cross_entropy: every target is ignore_index, nothing to average$"),
+    ("ce-lm-targets-wrong-T", lambda: cross_entropy(np.zeros((2, 5, 7), f32), np.zeros((2, 4), np.int64)), ValueError, r"shape \(2, 5\) \(the logits' shape without the class axis K=7\), got \(2, 4\)"),
     ("ce-backward-dout-str", lambda: F.softmax_cross_entropy_backward("1", F.softmax_cross_entropy_forward(LOGITS, T_OK)[1]), TypeError, r"finite Python float"),
     ("ce-backward-dout-nan", lambda: F.softmax_cross_entropy_backward(float("nan"), F.softmax_cross_entropy_forward(LOGITS, T_OK)[1]), TypeError, r"finite Python float"),
     ("ce-backward-dout-vector", lambda: F.softmax_cross_entropy_backward(np.ones(2), F.softmax_cross_entropy_forward(LOGITS, T_OK)[1]), TypeError, r"finite Python float"),

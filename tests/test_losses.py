@@ -33,3 +33,12 @@ def test_mse_gradient_scales_with_dout():
     np.testing.assert_allclose(one, 2 * (pred - target) / pred.size, rtol=1e-6)
     np.testing.assert_allclose(F.mse_backward(3.0, cache)["dpred"], 3 * one, rtol=1e-6)
     np.testing.assert_array_equal(F.mse_backward(np.array(0.5), cache)["dpred"], F.mse_backward(0.5, cache)["dpred"])
+
+
+def test_cross_entropy_of_one_example_and_rows_of_very_different_scale():
+    loss, _ = F.softmax_cross_entropy_forward(np.array([0.0, 0.0, 0.0], np.float32), np.array(1))  # logits (K,), target ()
+    np.testing.assert_allclose(loss, np.log(3), rtol=1e-6)
+    logits = np.array([[1000.0, 0.0], [0.0, 1.0]], np.float32)  # each row shifted by its own max
+    loss, cache = F.softmax_cross_entropy_forward(logits, np.array([0, 1]))
+    np.testing.assert_allclose(loss, np.log1p(np.exp(-1.0)) / 2, rtol=1e-5)
+    assert np.isfinite(F.softmax_cross_entropy_backward(1.0, cache)["dlogits"]).all()
