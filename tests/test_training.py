@@ -251,6 +251,7 @@ def test_summary_text():
     assert lines[1:3] == [["layers.0.A", "(3,", "1)", "3"], ["layers.0.B", "(1,", "2)", "2"]]
     assert ln.summary(model).split("\n")[3] == "trainable 5 of 13 parameters (38.46%)"
     assert ln.summary(ln.MLP([3, 2]).freeze()).endswith("trainable 0 of 8 parameters (0.00%)")
+    assert ln.summary(ln.Module()).endswith("trainable 0 of 0 parameters (0.00%)")  # no division by zero
 
 
 def test_linear_names_and_default_scaling_rule():
