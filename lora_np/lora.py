@@ -29,8 +29,8 @@ def _matches(name: str, target: str) -> bool:
 def all_or_nothing(model: Module, arrays_of=()):
     """Run the body; if it raises, put the model back as it was and re-raise.
 
-    Every module's attributes (its parameter dict, frozen set, child lists, flags) are
-    restored from shallow copies; the parameter arrays of the modules in ``arrays_of`` are
+    Every module's class (a variant may be a class of its own) and attributes (its parameter
+    dict, frozen set, child lists, flags) are restored from shallow copies; the parameter arrays of the modules in ``arrays_of`` are
     also copied first and restored in place (for calls that write into W, A or B).  The calls
     that change a model check everything first; this is the net under those checks.
     """
@@ -42,12 +42,13 @@ def all_or_nothing(model: Module, arrays_of=()):
         for k, v in attrs.items():
             if isinstance(v, (list, dict, set)):
                 attrs[k] = type(v)(v)
-        saved.append((m, attrs))
+        saved.append((m, type(m), attrs))
     contents = [(arr, arr.copy()) for m in arrays_of for arr in m.params.values()]
     try:
         yield
     except BaseException:
-        for m, attrs in saved:
+        for m, cls, attrs in saved:
+            m.__class__ = cls
             m.__dict__.clear()
             m.__dict__.update(attrs)
         for arr, copy in contents:
