@@ -19,7 +19,6 @@ Convention (row vectors, see STYLE.md):  y = x @ W + b + s * (x @ A) @ B
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -440,10 +439,14 @@ def dropout_backward(dout, cache):
 # losses (return a Python float and the gradient of that float)
 
 
+_INTEGRAL = (int, np.integer)  # a Python or NumPy integer
+_REAL = (int, float, np.integer, np.floating)
+
+
 def _check_loss_dout(dout):
     if getattr(dout, "ndim", None) == 0 and getattr(dout, "dtype", np.dtype(object)).kind in "iuf":
         dout = float(dout)  # a 0-d array (a NumPy scalar or a numerical-gradient seed)
-    if isinstance(dout, bool) or not isinstance(dout, numbers.Real) or not math.isfinite(dout):
+    if isinstance(dout, bool) or not isinstance(dout, _REAL) or not math.isfinite(dout):
         raise TypeError(f"dout of a loss is d(objective)/d(loss), a finite Python float such as 1.0, got {dout!r}")
     return float(dout)
 
@@ -460,7 +463,7 @@ def _check_targets(logits, targets, ignore_index):
         )
     if targets.dtype.kind not in ("i", "u"):
         raise TypeError(f"softmax_cross_entropy: targets must be integer class indices, got dtype {targets.dtype}")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral)):
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, _INTEGRAL)):
         raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
     if tuple(targets.shape) != tuple(logits.shape[:-1]):
         raise ValueError(
