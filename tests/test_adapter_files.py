@@ -227,7 +227,7 @@ def test_a_member_with_less_data_than_its_header_says_is_refused(saved):
     items = members(folder)
     items["layers.1.B.npy"] = items["layers.1.B.npy"][:-8]
     write_members(folder, items)
-    refused(dst, folder, r"array 'layers.1.B' is truncated \(24 of 32 bytes\)")
+    refused(dst, folder, r"adapter_weights.npz: array 'layers.1.B' is truncated \(24 of 32 bytes\)")
 
 
 def test_not_a_zip_at_all(saved):
@@ -291,7 +291,7 @@ def test_a_crafted_config_is_refused(saved, edit, pattern):
 
 
 @pytest.mark.parametrize("raw, pattern", [
-    (b"{not json", r"is not valid JSON"),
+    (b"{not json", r"the config stored in .*adapter_weights.npz is not valid JSON"),
     (b"[1, 2, 3]", r"must hold a JSON object, got list"),
     (b"\xff\xfe", r"is not valid JSON"),
 ])
@@ -315,7 +315,7 @@ def test_a_file_from_another_model(tmp_path):
 
 def test_an_oversized_config_file_is_refused(tmp_path):
     (tmp_path / ad.CONFIG_FILE).write_bytes(b" " * (ad.MAX_CONFIG_BYTES + 1))
-    with pytest.raises(ad.AdapterError, match=r"an adapter config is at most 1,048,576"):
+    with pytest.raises(ad.AdapterError, match=r"adapter_config.json is 1,048,577 bytes; an adapter config is at most 1,048,576"):
         ad.load_adapter(lora_mlp(), tmp_path)
 
 
@@ -460,3 +460,68 @@ def test_pickle_module_is_never_needed_to_load(saved, monkeypatch):
     monkeypatch.setattr(pickle, "load", lambda *a, **k: pytest.fail("pickle.load was called"))
     ad.load_adapter(dst, folder)
     assert_values(dst, adapter_values(src))
+
+
+# --- what the reader accepts: other .npy layouts, trailing bytes, options that do not matter ----------
+
+
+def test_fortran_order_and_version_2_members_load(saved):
+    folder, src, dst = saved
+    items = members(folder)
+    A = adapter_values(src)["layers.0.A"]
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asfortranarray(A), version=(2, 0))
+    items["layers.0.A.npy"] = buf.getvalue()
+    assert np.lib.format.read_magic(io.BytesIO(items["layers.0.A.npy"])) == (2, 0)
+    items["layers.1.B.npy"] = items["layers.1.B.npy"] + b"trailing"  # more than the header says: not read
+    write_members(folder, items)
+    ad.load_adapter(dst, folder)
+    assert_values(dst, adapter_values(src))
+
+
+def test_a_stored_config_of_the_wrong_shape_is_refused(saved):
+    folder, _, dst = saved
+    items = members(folder)
+    raw = np.lib.format.read_array(io.BytesIO(items[f"{ad.CONFIG_MEMBER}.npy"]))
+    items[f"{ad.CONFIG_MEMBER}.npy"] = npy_bytes(raw[None, :])
+    write_members(folder, items)
+    refused(dst, folder, r"the stored config is uint8\(1, \d+\), expected uint8 JSON")
+
+
+def test_a_version_1_folder_without_its_config_is_refused(saved):
+    folder, _, dst = saved
+    items = members(folder)
+    del items[f"{ad.CONFIG_MEMBER}.npy"]
+    write_members(folder, items)
+    (folder / ad.CONFIG_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=r"no adapter_config.json in .*: expected a folder written by save_adapter"):
+        ad.load_adapter(dst, folder)
+
+
+def test_a_layer_without_the_active_adapter_cannot_receive_one(tmp_path):
+    ad.save_adapter(randomize(lora_mlp(), 1), tmp_path)
+    dst = ln.MLP([8, 16, 4], rng=0)
+    ln.inject_lora(dst, 2, 4.0, targets="layers.0", rng=0)
+    ad.add_adapter(dst, "other", 2, 4.0, targets="layers.1")  # layers.1 is a LoRALinear without "default"
+    refused(dst, tmp_path, r"targets 'layers.1', which has no active LoRA adapter in the model \(LoRALinear\)")
+
+
+def test_training_time_options_may_differ(tmp_path):
+    src = randomize(lora_mlp(dropout=0.1, use_dora=True, dora_detach_norm=True), 1)
+    ad.save_adapter(src, tmp_path)
+    dst = randomize(lora_mlp(use_dora=True), 2)  # no dropout, the norm not detached
+    ad.load_adapter(dst, tmp_path)
+    assert_values(dst, adapter_values(src))
+
+
+def test_safetensors_reader_dtypes_and_bfloat16(tmp_path):
+    path = tmp_path / "x.safetensors"
+    tensors = {"h": np.ones(2, np.float16), "d": np.ones(3, np.float64)}
+    ad.write_safetensors(path, tensors)
+    out = ad.read_safetensors(path, {"h": ((2,), np.float16), "d": ((3,), np.float64)})
+    assert out["h"].dtype == np.float16 and out["d"].dtype == np.float64
+    header = json.dumps({"b": {"dtype": "BF16", "shape": [2], "data_offsets": [0, 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
+    with pytest.raises(ad.AdapterError, match=r"x.safetensors: b is bfloat16, which NumPy has no dtype for"):
+        ad.read_safetensors(path)
