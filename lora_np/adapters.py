@@ -408,7 +408,7 @@ def read_safetensors(path, expected=None) -> dict:
     """
     from safetensors import SafetensorError, safe_open
 
-    codes = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
+    codes = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
     try:
         with safe_open(str(path), framework="np") as f:
             names = list(f.keys()) if expected is None else list(expected)
