@@ -11,26 +11,33 @@
     delete_adapter(model, "default")
 
 Only the adapters' own parameters (A, B and DoRA's m) are saved: the base model is whatever
-the receiving model holds, so it must be the same base.  Files are plain ``.npz`` (read with
-``allow_pickle=False``) and JSON: nothing in them can run code.
+the receiving model holds, so it must be the same base.  Files are plain ``.npz`` (a zip of
+``.npy`` arrays, never unpickled) and JSON: nothing in them can run code.  Every file is
+written under a temporary name and renamed, and a load reads no more than the model's own
+adapter could hold (see "files" below).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import struct
+import numbers
+import os
+import tempfile
+import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 from .backend import as_generator, get_xp, to_numpy
 from .layers import Linear, LoRAEmbedding, LoRALinear, Module
-from .lora import DEFAULT_TARGETS, _matches, lora_layers, mark_only_lora_as_trainable
+from .lora import DEFAULT_TARGETS, _check_targets, _matches, all_or_nothing, lora_layers, mark_only_lora_as_trainable
 from .lowrank import check_positive_int, check_positive_number, scaling as scaling_rule
 
 FORMAT = "lora_np-adapter"
-VERSION = 1
+VERSION = 2  # 2: the config is also stored inside the weights file; version 1 folders still load
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_weights.npz"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -91,50 +98,193 @@ def adapter_state(model: Module) -> dict:
 
 # ---------------------------------------------------------------------------------------
 # files
+#
+# adapter_weights.npz is a zip of .npy members, one per array ("layers.0.A.npy"), plus the
+# config itself as a member (CONFIG_MEMBER: JSON bytes as a uint8 array), so the weights file
+# alone says what it holds and a reader can never pair new weights with an old config.
+# adapter_config.json beside it is a copy, for people and tools; load_adapter uses the
+# stored one (and warns if the copy differs).  Each file is written under a temporary name in
+# the same folder and renamed over the old one (os.replace is atomic), so a save that fails
+# half way leaves the earlier adapter whole.
+#
+# Reading is bounded by the model: the file may be no larger than the model's adapter could
+# be, only the members the model expects are opened, each array's .npy header (dtype,
+# shape) is checked against the model before its data is read, and then exactly that many
+# bytes are read.  Nothing is unpickled.
+
+CONFIG_MEMBER = "__adapter_config__"
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few kB; 1 MiB is far above any real one
+_NPY_HEADER_BYTES = 4096  # room for an .npy member's magic and header
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _write_npy(zf, name, arr) -> None:
+    with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+        np.lib.format.write_array(member, np.ascontiguousarray(arr), allow_pickle=False)
+
+
+def _write_weights(f, state: dict, config_text: bytes) -> None:
+    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
+        for key, arr in state.items():
+            _write_npy(zf, key, arr)
+        _write_npy(zf, CONFIG_MEMBER, np.frombuffer(config_text, dtype=np.uint8))
+
+
+def _check_dir(directory) -> Path:
+    if isinstance(directory, bool) or not isinstance(directory, (str, os.PathLike)) or directory == "":
+        raise TypeError(f"directory must be a path (a str or pathlib.Path), got {directory!r}")
+    return Path(directory)
 
 
 def save_adapter(model: Module, directory, *, adapter=None) -> dict:
     """Write the active adapter (or the named one) to ``directory``: weights and config.
 
     Returns ``{"config": path, "weights": path}``.  A merged adapter cannot be saved (its
-    update is inside W): unmerge it first.
+    update is inside W): unmerge it first.  Each file is written under a temporary name and
+    renamed, so a save that fails half way leaves the adapter that was there.
     """
+    directory = _check_dir(directory)
+    if not isinstance(model, Module):
+        raise TypeError(f"save_adapter expects a lora_np model, got {type(model).__name__}")
     with _temporarily_active(model, adapter):
         merged = [n for n, m in _installed_layers(model) if m.merged]
         if merged:
             raise AdapterError(f"cannot save merged adapters {merged}: call unmerge_all(model) first")
         config, state = adapter_config(model), adapter_state(model)
-    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(f"{directory} is a file: save_adapter writes a folder (weights and config)")
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"config": directory / CONFIG_FILE, "weights": directory / WEIGHTS_FILE}
-    np.savez(paths["weights"], **state)
-    paths["config"].write_text(json.dumps(config, indent=2) + "\n")
+    text = (json.dumps(config, indent=2) + "\n").encode()
+    _write_atomic(paths["weights"], lambda f: _write_weights(f, state, text))
+    _write_atomic(paths["config"], lambda f: f.write(text))
     return paths
 
 
-def _read_config(directory) -> dict:
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: expected a folder written by save_adapter")
-    config = json.loads(path.read_text())
+_LAYER_FIELDS = {  # what each per-layer config entry must hold, and its JSON type
+    "kind": str, "r": int, "alpha": (int, float), "use_rslora": bool, "dtype": str,
+}
+
+
+def _parse_config(raw: bytes, where) -> dict:
+    """A config's JSON, its format, version and structure checked."""
+    try:
+        config = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as err:
+        raise AdapterError(f"{where} is not valid JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise AdapterError(f"{where} must hold a JSON object, got {type(config).__name__}")
     if config.get("format") != FORMAT:
-        raise AdapterError(f"{path} is not a lora_np adapter config (format {config.get('format')!r}, expected {FORMAT!r})")
-    if config.get("version") != VERSION:
-        raise AdapterError(f"{path} has version {config.get('version')!r}; this lora_np reads version {VERSION}")
+        raise AdapterError(f"{where} is not a lora_np adapter config (format {config.get('format')!r}, expected {FORMAT!r})")
+    if config.get("version") not in (1, VERSION):
+        raise AdapterError(f"{where} has version {config.get('version')!r}; this lora_np reads versions 1 and {VERSION}")
+    layers, targets = config.get("layers"), config.get("targets")
+    if not isinstance(layers, dict) or not layers:
+        raise AdapterError(f"{where}: 'layers' must be a non-empty object of per-layer configs, got {layers!r:.80}")
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise AdapterError(f"{where}: 'targets' must be a list of layer names, got {targets!r:.80}")
+    for name, layer in layers.items():
+        if not isinstance(layer, dict):
+            raise AdapterError(f"{where}: the config of layer {name!r} must be an object, got {layer!r:.80}")
+        for key, kind in _LAYER_FIELDS.items():
+            if key not in layer:
+                raise AdapterError(f"{where}: the config of layer {name!r} has no {key!r}")
+            value = layer[key]
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise AdapterError(f"{where}: layer {name!r} has {key}={value!r}, of the wrong JSON type")
+        if layer["kind"] not in ("linear", "embedding"):
+            raise AdapterError(f"{where}: layer {name!r} has kind {layer['kind']!r}, expected 'linear' or 'embedding'")
     return config
 
 
-def load_adapter(model: Module, directory) -> list:
-    """Copy a saved adapter into the model's matching LoRA layers, bit for bit.
+def _read_config(directory) -> dict:
+    """adapter_config.json: bounded in size, parsed, its structure checked."""
+    path = _check_dir(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: expected a folder written by save_adapter")
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise AdapterError(f"{path} is {size:,} bytes; an adapter config is at most {MAX_CONFIG_BYTES:,}")
+    return _parse_config(path.read_bytes(), path)
 
-    Every check runs before anything is written, so on any error the model is unchanged:
-    each saved layer must exist in the model as a LoRA layer with the same kind, shape, r,
-    alpha, scaling rule, variant (DoRA, init, quantize) and dtype, and the model must have no
-    active adapter layer the file lacks.  Returns the names of the layers loaded.
-    """
-    config = _read_config(directory)
-    with np.load(Path(directory) / WEIGHTS_FILE, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
+
+def _array_bytes(shape, dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _read_npy(zf, name, check, max_bytes, where):
+    """One .npy member.  Its size in the zip directory must be at most ``max_bytes`` plus a
+    header (zipfile never inflates a member past that size); its header is read and
+    ``check(shape, dtype)`` -> bytes to read runs before any data; then exactly that many
+    bytes are read."""
+    try:
+        info = zf.getinfo(f"{name}.npy")
+    except KeyError:
+        raise AdapterError(f"{where} has no array {name!r}") from None
+    if info.file_size > max_bytes + _NPY_HEADER_BYTES:
+        raise AdapterError(f"{where}: member {name!r} holds {info.file_size:,} bytes, at most {max_bytes:,} were expected")
+    try:
+        with zf.open(info) as f:
+            major, _ = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = header(f)
+            nbytes = check(tuple(shape), dtype)
+            data = f.read(nbytes)
+    except AdapterError:
+        raise
+    except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError) as err:
+        raise AdapterError(f"{where}: array {name!r} cannot be read ({err})") from None
+    if len(data) != nbytes:
+        raise AdapterError(f"{where}: array {name!r} is truncated ({len(data):,} of {nbytes:,} bytes)")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _embedded_config(zf, path):
+    """The config stored inside the weights file (version 2), or None (version 1)."""
+    if f"{CONFIG_MEMBER}.npy" not in zf.namelist():
+        return None
+
+    def check(shape, dtype):
+        if dtype != np.uint8 or len(shape) != 1 or shape[0] > MAX_CONFIG_BYTES:
+            raise AdapterError(f"{path}: the stored config is {dtype}{shape}, expected uint8 JSON of at most {MAX_CONFIG_BYTES:,} bytes")
+        return shape[0]
+
+    raw = _read_npy(zf, CONFIG_MEMBER, check, MAX_CONFIG_BYTES, path).tobytes()
+    return _parse_config(raw, f"the config stored in {path}")
+
+
+def _read_arrays(zf, expected: dict, path) -> dict:
+    """{name: array} for the names in ``expected`` ({name: (shape, dtype)}) and no others."""
+
+    def checker(name):
+        want_shape, want_dtype = expected[name]
+
+        def check(shape, dtype):
+            if dtype != want_dtype or shape != want_shape:
+                raise AdapterError(f"{name}: the file holds {dtype}{shape}, the model {want_dtype}{want_shape}")
+            return _array_bytes(shape, dtype)
+
+        return check
+
+    return {name: _read_npy(zf, name, checker(name), _array_bytes(*spec), path) for name, spec in expected.items()}
+
+
+def _plan_load(model, config) -> list:
+    """(name, layer) for each layer the config names, after checking each against the model."""
     installed = dict(_installed_layers(model))
     plan = []
     for name, saved in config["layers"].items():
@@ -154,23 +304,78 @@ def load_adapter(model: Module, directory) -> list:
         for key, value in saved.items():
             if key in ("dropout", "dora_detach_norm"):  # training-time choices: not part of the function
                 continue
-            if have.get(key) != value:
-                raise AdapterError(f"{name}: the file has {key}={value!r} but the model's layer has {key}={have.get(key)!r}")
-        for key in ADAPTER_KEYS:
-            if key not in layer.params:
-                continue
-            full = f"{name}.{key}"
-            if full not in arrays:
-                raise AdapterError(f"the file has no array {full!r}")
-            arr, param = arrays[full], layer.params[key]
-            if arr.shape != tuple(param.shape) or arr.dtype != param.dtype:
-                raise AdapterError(f"{full}: the file holds {arr.dtype}{arr.shape}, the model {param.dtype}{tuple(param.shape)}")
-            plan.append((layer, key, arr))
+            if key not in have:
+                raise AdapterError(f"{name}: the file has {key}={value!r}, which a {have['kind']} layer does not have")
+            if have[key] != value:
+                raise AdapterError(f"{name}: the file has {key}={value!r} but the model's layer has {key}={have[key]!r}")
+        plan.append((name, layer))
     extra = sorted(set(installed) - set(config["layers"]))
     if extra:
         raise AdapterError(f"the model has adapters on {extra} that the file does not have (targets {config['targets']})")
-    for layer, key, arr in plan:  # nothing has failed: write
-        layer.params[key][...] = get_xp(layer.device).asarray(arr)
+    return plan
+
+
+def load_adapter(model: Module, directory) -> list:
+    """Copy a saved adapter into the model's matching LoRA layers, bit for bit.
+
+    Every check runs before anything is written, so on any error the model is unchanged:
+    each saved layer must exist in the model as a LoRA layer with the same kind, shape, r,
+    alpha, scaling rule, variant (DoRA, init, quantize) and dtype, and the model must have no
+    active adapter layer the file lacks.  The weights file is read within the bounds of the
+    model's adapter (see above); the config it stores is the one used (adapter_config.json
+    is its copy: a warning says so if they differ).  Returns the names of the layers loaded.
+    """
+    directory = _check_dir(directory)
+    if not isinstance(model, Module):
+        raise TypeError(f"load_adapter expects a lora_np model, got {type(model).__name__}")
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        if (directory / CONFIG_FILE).is_file():
+            _read_config(directory)  # a config of another kind (PEFT, another format) says so first
+        raise FileNotFoundError(
+            f"no {WEIGHTS_FILE} in {directory}: expected a folder written by save_adapter ({WEIGHTS_FILE} and {CONFIG_FILE})"
+        )
+    installed = _installed_layers(model)
+    if not installed:
+        raise AdapterError(f"the model has no LoRA adapter to load into: inject_lora(model, ...) with the saved targets first")
+    # the largest file this model's adapter could come from: its arrays, their headers, a config
+    limit = sum(_array_bytes(m.params[k].shape, m.params[k].dtype) + 2 * _NPY_HEADER_BYTES
+                for _, m in installed for k in ADAPTER_KEYS if k in m.params)
+    limit += MAX_CONFIG_BYTES + 4 * _NPY_HEADER_BYTES
+    size = path.stat().st_size
+    if size > limit:
+        raise AdapterError(f"{path} is {size:,} bytes, more than this model's adapter could take ({limit:,}): refused unread")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = _embedded_config(zf, path)
+            copy = directory / CONFIG_FILE
+            if config is None:  # version 1: the config lives beside the weights only
+                config = _read_config(directory)
+                if config["version"] != 1:
+                    raise AdapterError(f"{path} holds no config: it was not written by save_adapter (version {VERSION})")
+            elif copy.is_file() and copy.stat().st_size <= MAX_CONFIG_BYTES:
+                try:
+                    same = json.loads(copy.read_bytes()) == config
+                except ValueError:
+                    same = False
+                if not same:
+                    warnings.warn(
+                        f"{copy} differs from the config stored in {WEIGHTS_FILE}, which is the one used (the file "
+                        "was edited, or a save was interrupted after writing the weights)", stacklevel=2,
+                    )
+            plan = _plan_load(model, config)
+            expected = {  # only these members are read
+                f"{name}.{key}": (tuple(layer.params[key].shape), np.dtype(layer.params[key].dtype))
+                for name, layer in plan for key in ADAPTER_KEYS if key in layer.params
+            }
+            arrays = _read_arrays(zf, expected, path)
+    except zipfile.BadZipFile as err:
+        raise AdapterError(f"{path} is not a readable .npz file ({err}): truncated, or not written by save_adapter") from None
+    with all_or_nothing(model, [layer for _, layer in plan]):  # nothing has failed: write
+        for name, layer in plan:
+            for key in ADAPTER_KEYS:
+                if key in layer.params:
+                    layer.params[key][...] = get_xp(layer.device).asarray(arrays[f"{name}.{key}"])
     return list(config["layers"])
 
 
@@ -179,41 +384,50 @@ def load_adapter(model: Module, directory) -> list:
 
 
 def write_safetensors(path, tensors: dict, metadata=None) -> None:
-    """Write NumPy arrays in the safetensors format: an 8-byte little-endian header length,
-    a JSON header (dtype, shape, byte offsets per tensor), then the raw little-endian bytes."""
-    codes = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32", np.dtype(np.float64): "F64"}
-    header, offset, blobs = {}, 0, []
+    """Write NumPy arrays as a safetensors file (the safetensors package's writer), atomically:
+    an 8-byte little-endian header length, a JSON header (dtype, shape, byte offsets per
+    tensor), then the raw little-endian bytes."""
+    from safetensors.numpy import save
+
+    arrays = {}
     for name in sorted(tensors):
         arr = np.ascontiguousarray(to_numpy(tensors[name]))
-        if arr.dtype not in codes:
+        if arr.dtype not in (np.float16, np.float32, np.float64):
             raise TypeError(f"{name}: safetensors export supports float16/32/64, got {arr.dtype}")
-        data = arr.astype(arr.dtype.newbyteorder("<")).tobytes()
-        header[name] = {"dtype": codes[arr.dtype], "shape": list(arr.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    header["__metadata__"] = dict(metadata or {"format": "pt"})
-    text = json.dumps(header, separators=(",", ":")).encode()
-    text += b" " * ((-len(text)) % 8)  # align the data to 8 bytes
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)))
-        f.write(text)
-        for data in blobs:
-            f.write(data)
+        arrays[name] = arr
+    data = save(arrays, metadata=dict(metadata or {"format": "pt"}))
+    _write_atomic(Path(path), lambda f: f.write(data))
 
 
-def read_safetensors(path) -> dict:
-    """Read a safetensors file written by ``write_safetensors`` (float tensors) into NumPy arrays."""
-    dtypes = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(n))
-        data = f.read()
-    header.pop("__metadata__", None)
-    out = {}
-    for name, info in header.items():
-        begin, end = info["data_offsets"]
-        out[name] = np.frombuffer(data[begin:end], dtype=dtypes[info["dtype"]]).reshape(info["shape"])
-    return out
+def read_safetensors(path, expected=None) -> dict:
+    """Read a safetensors file into NumPy arrays (the safetensors package's reader).
+
+    expected: optional ``{name: (shape, dtype)}``; then only those tensors are read, each
+    header checked against it before the data (a missing, other-shaped or other-typed
+    tensor is an ``AdapterError``).
+    """
+    from safetensors import SafetensorError, safe_open
+
+    codes = {"F16": np.float16, "F32": np.float32, "F64": np.float64}
+    try:
+        with safe_open(str(path), framework="np") as f:
+            names = list(f.keys()) if expected is None else list(expected)
+            out = {}
+            for name in names:
+                if name not in f.keys():
+                    raise AdapterError(f"{path} has no tensor {name!r}")
+                view = f.get_slice(name)
+                shape, code = tuple(view.get_shape()), view.get_dtype()
+                if code == "BF16":
+                    raise AdapterError(f"{path}: {name} is bfloat16, which NumPy has no dtype for")
+                if expected is not None:
+                    want_shape, want_dtype = expected[name]
+                    if shape != tuple(want_shape) or codes.get(code) != np.dtype(want_dtype):
+                        raise AdapterError(f"{path}: {name} is {code}{shape}, expected {np.dtype(want_dtype)}{tuple(want_shape)}")
+                out[name] = f.get_tensor(name)
+            return out
+    except SafetensorError as err:
+        raise AdapterError(f"{path} is not a readable safetensors file ({err})") from None
 
 
 def peft_state(model: Module, prefix="base_model.model.") -> dict:
@@ -272,15 +486,16 @@ def export_peft(model: Module, directory, *, adapter=None, prefix="base_model.mo
     """Write the active (or named) adapter as a PEFT LoRA checkpoint: ``adapter_model.safetensors``
     and ``adapter_config.json``.  ``PeftModel.from_pretrained(torch_model, directory)`` loads it
     onto a torch model whose module names match this model's (``layers.0``, ``blocks.0.attn.q``)."""
+    directory = _check_dir(directory)
     with _temporarily_active(model, adapter):
         if any(m.merged for _, m in _installed_layers(model)):
             raise AdapterError("cannot export a merged adapter: call unmerge_all(model) first")
         config, state = peft_config(model), peft_state(model, prefix)
-    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"config": directory / CONFIG_FILE, "weights": directory / PEFT_WEIGHTS_FILE}
-    write_safetensors(paths["weights"], state)
-    paths["config"].write_text(json.dumps(config, indent=2) + "\n")
+    write_safetensors(paths["weights"], state)  # each file atomically; PEFT's layout keeps the config apart
+    text = (json.dumps(config, indent=2) + "\n").encode()
+    _write_atomic(paths["config"], lambda f: f.write(text))
     return paths
 
 
@@ -368,6 +583,8 @@ def add_adapter(
     layers are wrapped first).  The active adapter does not change (as in PEFT), unless the
     model had none.  Returns the layer names.  Embedding adapters come from inject_lora_embedding.
     """
+    if not isinstance(model, Module):
+        raise TypeError(f"add_adapter expects a lora_np model, got {type(model).__name__}")
     _check_name(name)
     if name in list_adapters(model):
         raise ValueError(f"the model already has an adapter named {name!r}; adapters: {list_adapters(model)}")
@@ -379,7 +596,7 @@ def add_adapter(
             raise TypeError(f"{flag} must be True or False, got {value!r}")
     if dora_detach_norm and not use_dora:
         raise ValueError("dora_detach_norm=True only applies to DoRA: pass use_dora=True as well")
-    targets = (targets,) if isinstance(targets, str) else tuple(targets)
+    targets = _check_targets(targets)
     candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, (Linear, LoRALinear))]
     chosen = [(n, m) for n, m in candidates if any(_matches(n, t) for t in targets)]
     unmatched = [t for t in targets if not any(_matches(n, t) for n, _ in candidates)]
@@ -389,11 +606,19 @@ def add_adapter(
     if pissa:
         raise ValueError(f"{pissa} use init='pissa' (the base W is a residual of that adapter): they cannot hold a second adapter")
     current = active_adapter(model)
+    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     config = dict(r=r, alpha=alpha, use_rslora=use_rslora, dropout=float(dropout), use_dora=use_dora,
                   dora_detach_norm=dora_detach_norm, scaling=scaling_rule(alpha, r, "rslora" if use_rslora else "lora"))
-    if not 0.0 <= config["dropout"] < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
     rng = as_generator(rng)
+    with all_or_nothing(model):
+        _add_to_layers(model, name, chosen, config, current, rng)
+    return [n for n, _ in chosen]
+
+
+def _add_to_layers(model, name, chosen, config, current, rng):
+    r, alpha = config["r"], config["alpha"]
+    use_rslora, dropout, use_dora, dora_detach_norm = (config[k] for k in ("use_rslora", "dropout", "use_dora", "dora_detach_norm"))
     for n, layer in chosen:
         if isinstance(layer, Linear):
             layer = LoRALinear.from_linear(layer, r, alpha, use_rslora=use_rslora, dropout=dropout,
@@ -418,7 +643,6 @@ def add_adapter(
         model.active_adapter_name = name
     mark_only_lora_as_trainable(model)
     _freeze_uninstalled(model)
-    return [n for n, _ in chosen]
 
 
 def _freeze_uninstalled(model):
@@ -433,13 +657,14 @@ def set_adapter(model: Module, name) -> None:
     if name not in list_adapters(model):
         raise KeyError(f"no adapter named {name!r}; the model has {list_adapters(model)}")
     _refuse_merged(model, "set_adapter()")
-    for _, layer in lora_layers(model):
-        _uninstall(layer)
-        if name in _slots(layer):
-            _install(layer, name)
-    model.active_adapter_name = name
-    mark_only_lora_as_trainable(model)
-    _freeze_uninstalled(model)
+    with all_or_nothing(model):
+        for _, layer in lora_layers(model):
+            _uninstall(layer)
+            if name in _slots(layer):
+                _install(layer, name)
+        model.active_adapter_name = name
+        mark_only_lora_as_trainable(model)
+        _freeze_uninstalled(model)
 
 
 def delete_adapter(model: Module, name) -> None:
@@ -475,11 +700,19 @@ def adapters_disabled(model: Module):
 
 
 def merge_adapter(model: Module, name) -> list:
-    """Activate ``name`` and fold it into the base weights (``unmerge_all`` takes it out again)."""
-    set_adapter(model, name)
-    layers = [(n, m) for n, m in lora_layers(model) if _active_name(m) == name]
-    for _, layer in layers:
-        layer.merge()
+    """Activate ``name`` and fold it into the base weights (``unmerge_all`` takes it out again).
+    All or nothing: if a layer cannot merge, the model is left as it was."""
+    if name not in list_adapters(model):
+        raise KeyError(f"no adapter named {name!r}; the model has {list_adapters(model)}")
+    holders = [m for _, m in lora_layers(model) if name in _slots(m) or _active_name(m) == name]
+    with all_or_nothing(model, holders):
+        set_adapter(model, name)
+        layers = [(n, m) for n, m in lora_layers(model) if _active_name(m) == name]
+        quantized = [n for n, m in layers if getattr(m, "qweight", None) is not None]
+        if quantized:
+            raise RuntimeError(f"merge_adapter: {quantized} store W in NF4 and cannot take a merge; nothing was changed")
+        for _, layer in layers:
+            layer.merge()
     return [n for n, _ in layers]
 
 

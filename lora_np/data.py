@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from importlib import resources
 
@@ -98,14 +99,27 @@ def lag_task(n, seq_len, vocab_size, lag, rng=None):
 def batches(X, y, batch_size, rng=None):
     """An endless stream of shuffled minibatches (x, y), reshuffled every epoch.
 
-    X and y may be NumPy or CuPy arrays; the shuffling is drawn on the host either way.
+    X and y may be NumPy or CuPy arrays (the same kind); the shuffling is drawn on the host
+    either way.  batch_size is a positive int; one larger than the data gives the whole data.
     """
+    for name, arr in (("X", X), ("y", y)):
+        if not hasattr(arr, "shape") or not hasattr(arr, "dtype") or arr.ndim < 1:
+            raise TypeError(f"batches: {name} must be an array with a leading sample axis, got {type(arr).__name__}")
+    if type(X) is not type(y):
+        raise TypeError(f"batches: X and y must be the same kind of array, got {type(X).__name__} and {type(y).__name__}")
     if len(X) != len(y):
         raise ValueError(f"X and y must have the same length, got {len(X)} and {len(y)}")
-    rng = as_generator(rng)
+    if len(X) == 0:
+        raise ValueError("batches: X and y are empty, there is nothing to draw a batch from")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    return _batches(X, y, int(batch_size), as_generator(rng))
+
+
+def _batches(X, y, batch_size, rng):
     xp = get_array_module(X)
     n = len(X)
-    batch_size = min(int(batch_size), n)
+    batch_size = min(batch_size, n)
     while True:
         order = xp.asarray(rng.permutation(n))  # drawn on the host, moved once per epoch, not once per batch
         for start in range(0, n - batch_size + 1, batch_size):

@@ -23,7 +23,7 @@ import threading
 
 import numpy as np
 
-from .backend import get_array_module, scatter_add
+from .backend import get_array_module, scatter_add, to_numpy
 
 # ----------------------------------------------------------------------------------------
 # linear
@@ -347,9 +347,12 @@ def gelu_forward(x):
     The exact GELU needs erf, which neither NumPy nor CuPy has in its main namespace.
     """
     xp = get_array_module(x)
+    dtype = x.dtype
+    if dtype == np.float16:  # x * x * x overflows float16 for |x| > 40: compute in float32
+        x = x.astype(np.float32)
     t = xp.tanh(_GELU_C * (x + 0.044715 * (x * x * x)))  # x * x * x: NumPy's float32 x**3 is ~100x slower
     out = 0.5 * x * (1.0 + t)
-    return out, (x, t)
+    return out.astype(dtype, copy=False), (x, t)
 
 
 def gelu_backward(dout, cache):
@@ -357,10 +360,10 @@ def gelu_backward(dout, cache):
 
     dy/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 * 0.044715 x^2)
     """
-    x, t = cache
+    x, t = cache  # float32 for a float16 layer (see gelu_forward): x * x would overflow for |x| > 256
     dudx = _GELU_C * (1.0 + 3.0 * 0.044715 * (x * x))
     local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * dudx
-    return {"dx": dout * local}
+    return {"dx": (dout * local).astype(dout.dtype, copy=False)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -385,14 +388,19 @@ def layernorm_forward(x, gamma, beta, eps=1e-5):
     """y = (x - mean) / sqrt(var + eps) * gamma + beta over the last axis.
 
     x: (..., C), gamma: (C,), beta: (C,)  ->  y: (..., C)
+    float16 input: the statistics are computed in float32 (a float16 sum of squares overflows
+    past 65504, e.g. 32 features of size 50), and y is rounded back to float16.
     """
     xp = get_array_module(x)
+    dtype = x.dtype
+    if dtype == np.float16:
+        x = x.astype(np.float32)
     mean = x.mean(axis=-1, keepdims=True)  # [..., 1]
     xc = x - mean
     var = (xc * xc).mean(axis=-1, keepdims=True)  # [..., 1]
     rstd = 1.0 / xp.sqrt(var + eps)
     xhat = xc * rstd  # [..., C]
-    return xhat * gamma + beta, (xhat, rstd, gamma)
+    return (xhat * gamma + beta).astype(dtype, copy=False), (xhat, rstd, gamma)
 
 
 def layernorm_backward(dout, cache):
@@ -402,6 +410,9 @@ def layernorm_backward(dout, cache):
     dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)),  dxhat = dout * gamma
     """
     xhat, rstd, gamma = cache
+    dtype = dout.dtype
+    if dtype == np.float16:  # as in forward: the sums in float32, the gradients back in float16
+        dout = dout.astype(np.float32)
     C = xhat.shape[-1]
     dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)
     dbeta = dout.reshape(-1, C).sum(axis=0)
@@ -411,7 +422,7 @@ def layernorm_backward(dout, cache):
         - dxhat.mean(axis=-1, keepdims=True)
         - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True)
     )
-    return {"dx": dx, "dgamma": dgamma, "dbeta": dbeta}
+    return {"dx": dx.astype(dtype, copy=False), "dgamma": dgamma.astype(dtype, copy=False), "dbeta": dbeta.astype(dtype, copy=False)}
 
 
 # ----------------------------------------------------------------------------------------
@@ -506,20 +517,69 @@ def dropout_backward(dout, cache):
 # losses (return a Python float and the gradient of that float)
 
 
+_INTEGRAL = (int, np.integer)  # a Python or NumPy integer
+_REAL = (int, float, np.integer, np.floating)
+
+
+def _check_loss_dout(dout):
+    if getattr(dout, "ndim", None) == 0 and getattr(dout, "dtype", np.dtype(object)).kind in "iuf":
+        dout = float(dout)  # a 0-d array (a NumPy scalar or a numerical-gradient seed)
+    if isinstance(dout, bool) or not isinstance(dout, _REAL) or not math.isfinite(dout):
+        raise TypeError(f"dout of a loss is d(objective)/d(loss), a finite Python float such as 1.0, got {dout!r}")
+    return float(dout)
+
+
+def _check_targets(logits, targets, ignore_index):
+    """Integer targets of exactly logits.shape[:-1], each in [0, K) or equal to ignore_index."""
+    xp = get_array_module(logits)
+    if not hasattr(logits, "dtype") or logits.dtype.kind != "f" or logits.ndim < 1:
+        raise TypeError(f"softmax_cross_entropy: logits must be a floating array of shape (..., K), got {logits!r:.80}")
+    if not isinstance(targets, xp.ndarray):
+        raise TypeError(
+            f"softmax_cross_entropy: targets must be a {xp.__name__} integer array like the logits' array, "
+            f"got {type(targets).__module__}.{type(targets).__name__}"
+        )
+    if targets.dtype.kind not in ("i", "u"):
+        raise TypeError(f"softmax_cross_entropy: targets must be integer class indices, got dtype {targets.dtype}")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, _INTEGRAL)):
+        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    if tuple(targets.shape) != tuple(logits.shape[:-1]):
+        raise ValueError(
+            f"softmax_cross_entropy: targets must have shape {tuple(logits.shape[:-1])} (the logits' shape without "
+            f"the class axis K={logits.shape[-1]}), got {tuple(targets.shape)}: nothing is broadcast"
+        )
+
+
+def _bad_target(t, K, ignore_index):
+    """The first target outside [0, K) (and not ignore_index), for the error message only."""
+    t = to_numpy(t)
+    bad = t[((t < 0) | (t >= K)) & (t != ignore_index if ignore_index is not None else True)]
+    return int(bad[0])
+
+
 def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
     """Mean cross-entropy of integer ``targets`` under softmax(``logits``).
 
     logits: (..., K), targets: integer (...) with values in [0, K)  ->  loss: float
     Targets equal to ``ignore_index`` (e.g. -1) contribute nothing; the mean is over the rest.
+    targets must have exactly the shape logits.shape[:-1] (nothing is broadcast).
     """
+    _check_targets(logits, targets, ignore_index)
     xp = get_array_module(logits)
     K = logits.shape[-1]
     z = logits.reshape(-1, K)  # [N, K]
     t = targets.reshape(-1)  # [N]
+    outside = (t < 0) | (t >= K)
     keep = None if ignore_index is None else (t != ignore_index)
-    if keep is not None:
+    if keep is None:
+        n, n_bad = z.shape[0], int(outside.sum())
+    else:  # both counts in one transfer from the device
+        n, n_bad = (int(c) for c in to_numpy(xp.stack([keep.sum(), (outside & keep).sum()])))
         t = xp.where(keep, t, 0)
-    n = z.shape[0] if keep is None else int(keep.sum())
+    if n_bad:
+        extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
+        bad = _bad_target(targets.reshape(-1), K, ignore_index)
+        raise ValueError(f"softmax_cross_entropy: targets must lie in [0, K={K}){extra}, got {bad}")
     if n == 0:
         raise ValueError("softmax_cross_entropy: every target is ignore_index, nothing to average")
     zmax = z.max(axis=1, keepdims=True)
@@ -536,22 +596,41 @@ def softmax_cross_entropy_backward(dout, cache):
 
     ``dout`` is d(final)/d(loss), a float (1.0 when the loss is the objective).
     """
+    dout = _check_loss_dout(dout)
     z, t, keep, n, shape = cache
     xp = get_array_module(z)
     p, _ = softmax_forward(z)
     p[xp.arange(z.shape[0]), t] -= 1.0
     if keep is not None:
         p *= keep[:, None]
-    return {"dlogits": (p * (float(dout) / n)).reshape(shape)}
+    return {"dlogits": (p * (dout / n)).reshape(shape)}
 
 
 def mse_forward(pred, target):
-    """Mean squared error, mean over every element.  ->  loss: float"""
+    """Mean squared error, mean over every element.  ->  loss: float
+
+    pred and target must have the same shape and floating dtype (nothing is broadcast: a (4, 1)
+    target against a (4,) prediction would otherwise give a (4, 4) difference).
+    """
+    xp = get_array_module(pred)
+    if not hasattr(pred, "dtype") or pred.dtype.kind != "f":
+        raise TypeError(f"mse: pred must be a floating array, got {type(pred).__name__}")
+    if not isinstance(target, xp.ndarray):
+        raise TypeError(
+            f"mse: target must be a {xp.__name__} array like pred, got {type(target).__module__}.{type(target).__name__}"
+        )
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(f"mse: target must have the shape of pred {tuple(pred.shape)}, got {tuple(target.shape)}: nothing is broadcast")
+    if target.dtype != pred.dtype:
+        raise TypeError(f"mse: target is {target.dtype} but pred is {pred.dtype}: cast it with target.astype({pred.dtype.name})")
+    if pred.size == 0:
+        raise ValueError("mse: pred is empty, nothing to average")
     diff = pred - target
     return float((diff * diff).mean()), diff
 
 
 def mse_backward(dout, cache):
     """dpred = dout * 2 (pred - target) / size."""
+    dout = _check_loss_dout(dout)
     diff = cache
-    return {"dpred": diff * (2.0 * float(dout) / diff.size)}
+    return {"dpred": diff * (2.0 * dout / diff.size)}

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 
 from .backend import as_generator
@@ -24,6 +25,49 @@ def _matches(name: str, target: str) -> bool:
     return fnmatch.fnmatchcase(name, target) or fnmatch.fnmatchcase(name, "*." + target)
 
 
+@contextlib.contextmanager
+def all_or_nothing(model: Module, arrays_of=()):
+    """Run the body; if it raises, put the model back as it was and re-raise.
+
+    Every module's class (a variant may be a class of its own) and attributes (its parameter
+    dict, frozen set, child lists, flags) are restored from shallow copies; the parameter arrays of the modules in ``arrays_of`` are
+    also copied first and restored in place (for calls that write into W, A or B).  The calls
+    that change a model check everything first; this is the net under those checks.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"expected a lora_np model (a Module), got {type(model).__name__}")
+    saved = []
+    for _, m in model.named_modules():
+        attrs = dict(vars(m))
+        for k, v in attrs.items():
+            if isinstance(v, (list, dict, set)):
+                attrs[k] = type(v)(v)
+        saved.append((m, type(m), attrs))
+    contents = [(arr, arr.copy()) for m in arrays_of for arr in m.params.values()]
+    try:
+        yield
+    except BaseException:
+        for m, cls, attrs in saved:
+            m.__class__ = cls
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+        for arr, copy in contents:
+            arr[...] = copy
+        raise
+
+
+def _check_targets(targets):
+    if isinstance(targets, str):
+        targets = (targets,)
+    if not hasattr(targets, "__iter__"):
+        raise TypeError(f"targets must be a layer name or a list of names, got {targets!r}")
+    targets = tuple(targets)
+    bad = [t for t in targets if not isinstance(t, str) or not t]
+    if bad:
+        raise TypeError(f"targets must be non-empty strings (names, dotted paths or wildcards), got {bad}")
+    return targets
+
+
 def linear_names(model: Module) -> list:
     """Dotted names of every plain ``Linear`` in the model (the candidates for LoRA)."""
     return [n for n, m in model.named_modules() if type(m) is Linear]
@@ -31,13 +75,19 @@ def linear_names(model: Module) -> list:
 
 def _select(model: Module, targets, kind) -> list:
     """Names of the ``kind`` modules matching ``targets``; every target must match one."""
-    if isinstance(targets, str):
-        targets = (targets,)
-    targets = tuple(targets)
+    if not isinstance(model, Module):
+        raise TypeError(f"expected a lora_np model (a Module), got {type(model).__name__}")
+    targets = _check_targets(targets)
     if not targets:
         raise ValueError(f"targets is empty: name at least one {kind.__name__} layer to adapt")
     candidates = [n for n, m in model.named_modules() if type(m) is kind]
     unmatched = [t for t in targets if not any(_matches(n, t) for n in candidates)]
+    adapted = [n for n, _ in lora_layers(model) if any(_matches(n, t) for t in unmatched)]
+    if adapted:
+        raise ValueError(
+            f"{adapted} already hold a LoRA adapter: inject once per layer (add_adapter adds a second, "
+            "named adapter); nothing was changed"
+        )
     if unmatched:
         raise ValueError(
             f"no {kind.__name__} layer matches target(s) {unmatched}; the model's {kind.__name__} layers are {candidates}"
@@ -54,12 +104,21 @@ def inject_lora(model: Module, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=
     """
     chosen = _select(model, targets, Linear)
     rng = as_generator(rng)
+    # build every new layer first (from_linear leaves the old one unchanged): a layer that
+    # cannot be built (say init="pissa" with r above its size) fails before the model changes
+    built = []
     for name in chosen:
-        layer = model.get_submodule(name)
-        model.set_submodule(
-            name, LoRALinear.from_linear(layer, r, alpha, use_rslora=use_rslora, dropout=dropout, rng=rng, **kwargs)
-        )
-    mark_only_lora_as_trainable(model)
+        try:
+            layer = LoRALinear.from_linear(
+                model.get_submodule(name), r, alpha, use_rslora=use_rslora, dropout=dropout, rng=rng, **kwargs
+            )
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{name}: {err} (nothing was changed)") from err
+        built.append((name, layer))
+    with all_or_nothing(model):
+        for name, layer in built:
+            model.set_submodule(name, layer)
+        mark_only_lora_as_trainable(model)
     return chosen
 
 
@@ -68,10 +127,17 @@ def inject_lora_embedding(model: Module, r, alpha, targets=("tok_emb",), *, use_
     then freeze everything but the adapters.  Returns the replaced names."""
     chosen = _select(model, targets, Embedding)
     rng = as_generator(rng)
+    built = []
     for name in chosen:
-        layer = model.get_submodule(name)
-        model.set_submodule(name, LoRAEmbedding.from_embedding(layer, r, alpha, use_rslora=use_rslora, rng=rng))
-    mark_only_lora_as_trainable(model)
+        try:
+            layer = LoRAEmbedding.from_embedding(model.get_submodule(name), r, alpha, use_rslora=use_rslora, rng=rng)
+        except (TypeError, ValueError) as err:
+            raise type(err)(f"{name}: {err} (nothing was changed)") from err
+        built.append((name, layer))
+    with all_or_nothing(model):
+        for name, layer in built:
+            model.set_submodule(name, layer)
+        mark_only_lora_as_trainable(model)
     return chosen
 
 
@@ -126,17 +192,45 @@ def summary(model: Module) -> str:
     return "\n".join(lines)
 
 
+def _holds_adapter(layer) -> bool:
+    """False for a layer that lacks the model's active named adapter (see adapters.py)."""
+    return layer.__dict__.get("active_adapter", "default") is not None
+
+
+def _check_foldable(layers, what):
+    """The reasons a merge or unmerge would fail, checked on every layer before any is changed."""
+    quantized = [n for n, m in layers if getattr(m, "qweight", None) is not None]
+    if quantized:
+        raise RuntimeError(
+            f"{what}: {quantized} store W in NF4; folding the update into 4-bit codes would re-quantize it "
+            "(dequantize into a float Linear first); nothing was changed"
+        )
+    disabled = [n for n, m in layers if m.disabled]
+    if disabled:
+        raise RuntimeError(
+            f"{what}: the adapters of {disabled} are disabled or hold no adapter (enable_adapters / set_adapter "
+            "first); nothing was changed"
+        )
+
+
 def merge_all(model: Module) -> int:
-    """Merge every unmerged adapter into its W; returns how many were merged."""
-    layers = [m for _, m in lora_layers(model) if not m.merged]
-    for m in layers:
-        m.merge()
+    """Merge every unmerged adapter into its W; returns how many were merged.
+
+    Every layer is checked first; if a merge still fails, every W is put back as it was.
+    """
+    layers = [(n, m) for n, m in lora_layers(model) if not m.merged and _holds_adapter(m)]
+    _check_foldable(layers, "merge_all")
+    with all_or_nothing(model, [m for _, m in layers]):
+        for _, m in layers:
+            m.merge()
     return len(layers)
 
 
 def unmerge_all(model: Module) -> int:
-    """Take every merged adapter back out of its W; returns how many were unmerged."""
-    layers = [m for _, m in lora_layers(model) if m.merged]
-    for m in layers:
-        m.unmerge()
+    """Take every merged adapter back out of its W; returns how many were unmerged (all or none)."""
+    layers = [(n, m) for n, m in lora_layers(model) if m.merged]
+    _check_foldable(layers, "unmerge_all")
+    with all_or_nothing(model, [m for _, m in layers]):
+        for _, m in layers:
+            m.unmerge()
     return len(layers)

@@ -19,6 +19,44 @@ from .lowrank import check_positive_int
 ACTIVATIONS = {"gelu": GELU, "relu": ReLU}
 
 
+# A model's backward checks ``dout`` against the output of its last forward *before* any layer
+# uses up its cache, so a wrongly shaped dout is an error that leaves the model ready for a
+# corrected backward.
+
+
+def _remember_output(module, out):
+    module._out_spec = (tuple(out.shape), out.dtype, type(out))
+    return out
+
+
+def _check_dout(module, dout, what="dout"):
+    spec = module.__dict__.get("_out_spec")
+    name = type(module).__name__
+    if spec is None:
+        raise RuntimeError(
+            f"{name}.backward() called before forward(): run forward on a batch first "
+            "(each forward is matched by at most one backward)"
+        )
+    shape, dtype, kind = spec
+    if not isinstance(dout, kind):
+        raise TypeError(f"{name}.backward expects {what} as a {kind.__module__}.{kind.__name__} like its output, got {type(dout).__name__}")
+    if tuple(dout.shape) != shape:
+        raise ValueError(
+            f"{name}.backward expects {what} of the output's shape {shape}, got {tuple(dout.shape)}; "
+            "nothing was used up: call backward again with a correctly shaped gradient"
+        )
+    if dout.dtype != dtype:
+        raise TypeError(
+            f"{name}.backward expects {what} of the output's dtype {dtype}, got {dout.dtype}; "
+            "nothing was used up: cast it and call backward again"
+        )
+
+
+def _done(module, dx):
+    module._out_spec = None
+    return dx
+
+
 class MLP(Module):
     """Linear -> activation -> ... -> Linear, for ``sizes = [d_in, hidden..., d_out]``.
 
@@ -46,14 +84,16 @@ class MLP(Module):
             x = layer(x)  # [..., sizes[i]] -> [..., sizes[i+1]]
             if i < len(self.acts):
                 x = self.acts[i](x)
-        return x
+        return _remember_output(self, x)
 
     def backward(self, dout):
+        """dout: the gradient of the last forward's output, same shape and dtype -> dx"""
+        _check_dout(self, dout)
         for i in reversed(range(len(self.layers))):
             if i < len(self.acts):
                 dout = self.acts[i].backward(dout)
             dout = self.layers[i].backward(dout)
-        return dout
+        return _done(self, dout)
 
 
 class MultiHeadSelfAttention(Module):
@@ -82,13 +122,14 @@ class MultiHeadSelfAttention(Module):
             raise ValueError(f"attention expects input of shape (n, T, C), got shape {tuple(x.shape)}")
         y, self._cache = F.causal_attention_forward(self.q(x), self.k(x), self.v(x), self.n_head)
         self.attention = self._cache[3]
-        return self.o(y)  # [n, T, C] -> [n, T, C]
+        return _remember_output(self, self.o(y))  # [n, T, C] -> [n, T, C]
 
     def backward(self, dout):
+        _check_dout(self, dout)
         cache = self._pop_cache()
         g = F.causal_attention_backward(self.o.backward(dout), cache)
         # x fed all three projections, so its gradient is the sum of the three paths
-        return self.q.backward(g["dq"]) + self.k.backward(g["dk"]) + self.v.backward(g["dv"])
+        return _done(self, self.q.backward(g["dq"]) + self.k.backward(g["dk"]) + self.v.backward(g["dv"]))
 
 
 class TransformerBlock(Module):
@@ -105,12 +146,13 @@ class TransformerBlock(Module):
 
     def forward(self, x):
         x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+        return _remember_output(self, x + self.mlp(self.ln2(x)))
 
     def backward(self, dout):
+        _check_dout(self, dout)
         # forward was: x1 = x + attn(ln1(x)); out = x1 + mlp(ln2(x1))
         dx1 = dout + self.ln2.backward(self.mlp.backward(dout))
-        return dx1 + self.ln1.backward(self.attn.backward(dx1))
+        return _done(self, dx1 + self.ln1.backward(self.attn.backward(dx1)))
 
 
 @dataclass
@@ -133,6 +175,8 @@ class TransformerLM(Module):
         super().__init__()
         if config is None:
             config = TransformerConfig(**kwargs)
+        elif not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
         elif kwargs:
             raise TypeError("pass either a TransformerConfig or keyword sizes, not both")
         self.config = config
@@ -153,21 +197,30 @@ class TransformerLM(Module):
 
     def forward(self, idx):
         """idx: (n, T) integer tokens -> logits (n, T, V)"""
+        xp = get_xp(self.device)
+        if not isinstance(idx, xp.ndarray):
+            raise TypeError(
+                f"TransformerLM on device {self.device!r} expects token indices as a {xp.__name__} integer array "
+                f"of shape (n, T), got {type(idx).__module__}.{type(idx).__name__}"
+            )
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"TransformerLM expects integer token indices, got dtype {idx.dtype}")
         if idx.ndim != 2:
             raise ValueError(f"TransformerLM expects token indices of shape (n, T), got shape {tuple(idx.shape)}")
         T = idx.shape[1]
         if T > self.config.block_size:
             raise ValueError(f"sequence length T={T} exceeds block_size={self.config.block_size}")
-        xp = get_xp(self.device)
         x = self.tok_emb(idx) + self.pos_emb(xp.arange(T))  # [n, T, C] + [T, C] -> [n, T, C]
         for block in self.blocks:
             x = block(x)
-        return self.head(self.ln_f(x))  # [n, T, C] -> [n, T, V]
+        return _remember_output(self, self.head(self.ln_f(x)))  # [n, T, C] -> [n, T, V]
 
     def backward(self, dlogits):
+        """dlogits: (n, T, V), the gradient of the last forward's logits -> None (fills grads)"""
+        _check_dout(self, dlogits, "dlogits")
         dx = self.ln_f.backward(self.head.backward(dlogits))
         for block in reversed(self.blocks):
             dx = block.backward(dx)
         self.tok_emb.backward(dx)
         self.pos_emb.backward(dx.sum(axis=0))  # the position table was broadcast over the batch
-        return None
+        return _done(self, None)

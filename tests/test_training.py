@@ -132,3 +132,165 @@ def test_summary_counts():
     trainable = 2 * 2 * 2 * (16 + 16)
     assert lm.num_parameters(trainable_only=True) == trainable
     assert f"trainable {trainable:,} of {lm.num_parameters():,}" in text
+
+
+# --- float16 ------------------------------------------------------------------------------------
+
+
+def test_adamw_first_step_on_float16_is_finite():
+    """In float16 alone eps = 1e-8 rounds to 0 and dA = 0 at step 0 gives 0/0 = NaN in every A."""
+    assert np.float16(1e-8) == 0
+    model = ln.MLP([8, 6, 3], dtype=np.float16, rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", rng=0)
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float16)
+    opt = ln.AdamW(model, lr=1e-2)
+    for _ in range(3):
+        _, dout = ln.train.cross_entropy(model.forward(x), np.array([0, 1, 2, 0, 1]))
+        model.backward(dout)
+        opt.step()
+    for _, m, k in model.named_parameters(trainable_only=True):
+        assert m.params[k].dtype == np.float16 and np.isfinite(m.params[k]).all()
+    assert np.abs(model.layers[0].B).max() > 0  # B moved
+    state = next(iter(opt.state.values()))
+    assert state["m"].dtype == state["v"].dtype == state["master"].dtype == np.float32
+
+
+def test_float16_master_copy_follows_an_outside_write():
+    """load_adapter (or any in-place write) between steps: the float32 master copy re-syncs."""
+    model = ln.MLP([4, 3], dtype=np.float16, rng=0)
+    opt = ln.SGD(model, lr=0.1)
+    x = np.ones((2, 4), np.float16)
+    for _ in range(2):
+        model.backward(ln.train.cross_entropy(model.forward(x), np.array([0, 1]))[1])
+        opt.step()
+    model.layers[0].W[...] = 0
+    model.backward(ln.train.cross_entropy(model.forward(x), np.array([0, 1]))[1])
+    g = model.layers[0].grads["W"].astype(np.float32)
+    opt.step()
+    np.testing.assert_allclose(model.layers[0].W, (-0.1 * g).astype(np.float16), rtol=1e-3)
+
+
+def test_float16_lora_finetune_learns():
+    """A float16 MLP with LoRA on every layer learns the digits, about as well as in float32."""
+    split = load_digits_split()
+    accs, losses = {}, {}
+    for dtype in (np.float32, np.float16):
+        model = ln.MLP([64, 32, 10], dtype=dtype, rng=0)
+        ln.inject_lora(model, 4, 8.0, targets="layers.*", rng=0)
+        history = fit(model, ln.AdamW(model, lr=1e-2), batches(split.X_train.astype(dtype), split.y_train, 64, rng=0),
+                      150, progress=False)
+        accs[dtype], losses[dtype] = accuracy(model, split.X_test.astype(dtype), split.y_test), history.loss
+        assert model.layers[0].A.dtype == dtype and np.isfinite(model.layers[0].A).all()
+    assert np.mean(losses[np.float16][-10:]) < 0.3 * losses[np.float16][0]
+    assert accs[np.float16] > 0.8 and abs(accs[np.float16] - accs[np.float32]) < 0.03
+
+
+def test_float16_layernorm_and_gelu_do_not_overflow():
+    x = (np.random.default_rng(0).standard_normal((4, 32)) * 100).astype(np.float16)  # sum of squares > 65504
+    ln16 = ln.LayerNorm(32, dtype=np.float16)
+    ln32 = ln.LayerNorm(32, dtype=np.float32)
+    y16 = ln16.forward(x)
+    assert y16.dtype == np.float16
+    np.testing.assert_allclose(y16, ln32.forward(x.astype(np.float32)), atol=4e-3)
+    dy = np.full((4, 32), 0.1, np.float16)
+    dx16, dx32 = ln16.backward(dy), ln32.backward(dy.astype(np.float32))
+    assert dx16.dtype == ln16.grads["gamma"].dtype == np.float16
+    np.testing.assert_allclose(dx16, dx32, atol=1e-3)
+    gelu = ln.GELU()
+    xg = np.array([-300.0, -100.0, 0.0, 100.0, 300.0], np.float16)
+    with np.errstate(all="raise"):
+        out = gelu.forward(xg)
+        dx = gelu.backward(np.ones(5, np.float16))
+    np.testing.assert_array_equal(out, [0, 0, 0, 100, 300])
+    np.testing.assert_array_equal(dx, [0, 0, 0.5, 1, 1])
+
+
+# --- inject_lora: options reach the layers, targets match on dot boundaries -------------------------
+
+
+def test_inject_lora_dropout_reaches_every_layer_and_acts_in_training():
+    model = ln.MLP([8, 16, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.*", dropout=0.25, rng=0)
+    assert [layer.dropout for layer in model.layers] == [0.25, 0.25]
+    for layer in model.layers:
+        layer.B[...] = 1.0
+    x = np.ones((64, 8), np.float32)
+    train_a, train_b = model.forward(x), model.forward(x)
+    assert not np.array_equal(train_a, train_b)  # a fresh mask each time
+    model.eval()
+    np.testing.assert_array_equal(model.forward(x), model.forward(x))
+
+
+class _QKV(ln.Module):
+    def __init__(self):
+        super().__init__()
+        self.qkv = ln.Linear(4, 4, rng=0)
+        self.v = ln.Linear(4, 4, rng=1)
+        self.inner = ln.MLP([4, 4], rng=2)
+
+
+def test_targets_match_on_dot_boundaries():
+    model = _QKV()
+    assert ln.inject_lora(model, 1, 1.0, targets="v") == ["v"]  # not qkv
+    assert type(model.qkv) is ln.Linear
+    model = _QKV()
+    assert ln.inject_lora(model, 1, 1.0, targets="layers.0") == ["inner.layers.0"]
+    model = _QKV()
+    with pytest.raises(ValueError, match=r"no Linear layer matches target\(s\) \['kv'\]"):
+        ln.inject_lora(model, 1, 1.0, targets="kv")  # a tail of 'qkv' that is not a whole name
+    with pytest.raises(ValueError, match=r"target\(s\) \['ayers.0'\]"):
+        ln.inject_lora(model, 1, 1.0, targets="ayers.0")
+    assert ln.inject_lora(model, 1, 1.0, targets="*v") == ["qkv", "v"]  # a wildcard may cross it
+
+
+def test_summary_text():
+    model = ln.MLP([3, 2], rng=0)
+    ln.inject_lora(model, 1, 1.0, targets="layers.0")
+    lines = [line.split() for line in ln.summary(model).split("\n")]
+    assert lines[0] == ["parameter", "shape", "count"]
+    assert lines[1:3] == [["layers.0.A", "(3,", "1)", "3"], ["layers.0.B", "(1,", "2)", "2"]]
+    assert ln.summary(model).split("\n")[3] == "trainable 5 of 13 parameters (38.46%)"
+    assert ln.summary(ln.MLP([3, 2]).freeze()).endswith("trainable 0 of 8 parameters (0.00%)")
+    assert ln.summary(ln.Module()).endswith("trainable 0 of 0 parameters (0.00%)")  # no division by zero
+
+
+def test_linear_names_and_default_scaling_rule():
+    model = ln.MLP([4, 3, 2], rng=0)
+    assert ln.lora.linear_names(model) == ["layers.0", "layers.1"]
+    ln.inject_lora(model, 2, 8.0, targets="layers.0")
+    assert ln.lora.linear_names(model) == ["layers.1"]
+    assert model.layers[0].scaling == 4.0 and not model.layers[0].use_rslora  # alpha / r by default
+
+
+def test_inject_lora_embedding_passes_rng_and_rule():
+    def lm():
+        return ln.TransformerLM(vocab_size=6, block_size=4, d_model=8, n_head=2, n_layer=1, rng=0)
+
+    a, b = lm(), lm()
+    ln.inject_lora_embedding(a, 4, 8.0, rng=3)
+    ln.inject_lora_embedding(b, 4, 8.0, rng=3)
+    np.testing.assert_array_equal(a.tok_emb.B, b.tok_emb.B)  # seeded
+    assert a.tok_emb.scaling == 2.0 and not a.tok_emb.use_rslora
+    c = lm()
+    ln.inject_lora_embedding(c, 4, 8.0, use_rslora=True, rng=3)
+    assert c.tok_emb.use_rslora and c.tok_emb.scaling == 4.0
+
+
+def test_loraplus_default_ratio_is_plain_lora():
+    model = ln.MLP([4, 3], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.0")
+    groups = ln.loraplus_param_groups(model, 1e-3)
+    assert sorted(g["lr"] for g in groups) == [1e-3, 1e-3]
+
+
+def test_merge_all_skips_merged_layers_and_layers_without_the_active_adapter():
+    from lora_np import adapters as ad
+
+    model = ln.MLP([4, 4, 4], rng=0)
+    ln.inject_lora(model, 2, 4.0, targets="layers.0", rng=0)
+    ad.add_adapter(model, "other", 2, 4.0, targets="layers.*", rng=1)
+    ad.set_adapter(model, "default")  # layers.1 holds only "other": it computes its base
+    assert ln.merge_all(model) == 1
+    assert ln.merge_all(model) == 0  # nothing left to merge: no error
+    assert model.layers[0].merged and not model.layers[1].merged
+    assert ln.unmerge_all(model) == 1 and ln.unmerge_all(model) == 0
