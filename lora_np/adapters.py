@@ -337,7 +337,7 @@ def load_adapter(model: Module, directory) -> list:
         )
     installed = _installed_layers(model)
     if not installed:
-        raise AdapterError(f"the model has no LoRA adapter to load into: inject_lora(model, ...) with the saved targets first")
+        raise AdapterError("the model has no LoRA adapter to load into: inject_lora(model, ...) with the saved targets first")
     # the largest file this model's adapter could come from: its arrays, their headers, a config
     limit = sum(_array_bytes(m.params[k].shape, m.params[k].dtype) + 2 * _NPY_HEADER_BYTES
                 for _, m in installed for k in ADAPTER_KEYS if k in m.params)

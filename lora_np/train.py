@@ -10,14 +10,11 @@ from __future__ import annotations
 import functools
 import math
 import numbers
-import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from . import functional as F
-from .backend import get_array_module, to_numpy
+from .backend import to_numpy
 from .runtime import default_progress, limit_blas_threads, resolve_threads
 
 
