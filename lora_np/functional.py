@@ -583,12 +583,15 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
     if n == 0:
         raise ValueError("softmax_cross_entropy: every target is ignore_index, nothing to average")
     zmax = z.max(axis=1, keepdims=True)
-    logsumexp = zmax[:, 0] + xp.log(xp.exp(z - zmax).sum(axis=1))
+    p = xp.exp(z - zmax)  # [N, K], unnormalised
+    sums = p.sum(axis=1)  # [N]
+    logsumexp = zmax[:, 0] + xp.log(sums)
     per_row = logsumexp - z[xp.arange(z.shape[0]), t]  # [N]
     if keep is not None:
         per_row = per_row * keep
     loss = float(per_row.sum()) / n
-    return loss, (z, t, keep, n, logits.shape)
+    p /= sums[:, None]  # softmax(z), kept for the backward: one exp over [N, K], not two
+    return loss, (p, t, keep, n, logits.shape)
 
 
 def softmax_cross_entropy_backward(dout, cache):
@@ -597,13 +600,14 @@ def softmax_cross_entropy_backward(dout, cache):
     ``dout`` is d(final)/d(loss), a float (1.0 when the loss is the objective).
     """
     dout = _check_loss_dout(dout)
-    z, t, keep, n, shape = cache
-    xp = get_array_module(z)
-    p, _ = softmax_forward(z)
-    p[xp.arange(z.shape[0]), t] -= 1.0
+    p, t, keep, n, shape = cache  # p = softmax(z) from the forward
+    xp = get_array_module(p)
+    scale = dout / n
+    dz = p * scale  # a new array: the cache stays as it was
+    dz[xp.arange(p.shape[0]), t] -= scale
     if keep is not None:
-        p *= keep[:, None]
-    return {"dlogits": (p * (dout / n)).reshape(shape)}
+        dz *= keep[:, None]
+    return {"dlogits": dz.reshape(shape)}
 
 
 def mse_forward(pred, target):
