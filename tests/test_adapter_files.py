@@ -525,3 +525,11 @@ def test_safetensors_reader_dtypes_and_bfloat16(tmp_path):
     path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
     with pytest.raises(ad.AdapterError, match=r"x.safetensors: b is bfloat16, which NumPy has no dtype for"):
         ad.read_safetensors(path)
+
+
+def test_save_creates_nested_folders_and_writes_a_readable_config(tmp_path):
+    model = randomize(lora_mlp(), 1)
+    paths = ad.save_adapter(model, tmp_path / "a" / "b" / "c")
+    config = json.loads(paths["config"].read_text())
+    assert config == stored_config(tmp_path / "a" / "b" / "c") and config["version"] == ad.VERSION
+    assert paths["config"].read_text().startswith('{\n  "format"')  # indented for people
