@@ -533,3 +533,20 @@ def test_save_creates_nested_folders_and_writes_a_readable_config(tmp_path):
     config = json.loads(paths["config"].read_text())
     assert config == stored_config(tmp_path / "a" / "b" / "c") and config["version"] == ad.VERSION
     assert paths["config"].read_text().startswith('{\n  "format"')  # indented for people
+
+
+def test_safetensors_carry_the_format_metadata_peft_expects(tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "x.safetensors"
+    ad.write_safetensors(path, {"a": np.ones(2, f32)})
+    with safe_open(str(path), framework="np") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+def test_a_config_copy_that_is_not_json_warns(saved):
+    folder, src, dst = saved
+    (folder / ad.CONFIG_FILE).write_text("{broken")
+    with pytest.warns(UserWarning, match="differs from the config stored"):
+        ad.load_adapter(dst, folder)
+    assert_values(dst, adapter_values(src))
