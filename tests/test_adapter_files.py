@@ -525,3 +525,28 @@ def test_safetensors_reader_dtypes_and_bfloat16(tmp_path):
     path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(4))
     with pytest.raises(ad.AdapterError, match=r"x.safetensors: b is bfloat16, which NumPy has no dtype for"):
         ad.read_safetensors(path)
+
+
+def test_save_creates_nested_folders_and_writes_a_readable_config(tmp_path):
+    model = randomize(lora_mlp(), 1)
+    paths = ad.save_adapter(model, tmp_path / "a" / "b" / "c")
+    config = json.loads(paths["config"].read_text())
+    assert config == stored_config(tmp_path / "a" / "b" / "c") and config["version"] == ad.VERSION
+    assert paths["config"].read_text().startswith('{\n  "format"')  # indented for people
+
+
+def test_safetensors_carry_the_format_metadata_peft_expects(tmp_path):
+    from safetensors import safe_open
+
+    path = tmp_path / "x.safetensors"
+    ad.write_safetensors(path, {"a": np.ones(2, f32)})
+    with safe_open(str(path), framework="np") as f:
+        assert f.metadata() == {"format": "pt"}
+
+
+def test_a_config_copy_that_is_not_json_warns(saved):
+    folder, src, dst = saved
+    (folder / ad.CONFIG_FILE).write_text("{broken")
+    with pytest.warns(UserWarning, match="differs from the config stored"):
+        ad.load_adapter(dst, folder)
+    assert_values(dst, adapter_values(src))

@@ -204,6 +204,8 @@ PURE = [
     # --- adapters: arguments that fail before reading or writing anything ---------------------------
     ("save-directory-none", lambda: ad.save_adapter(lora_mlp(), None), TypeError, r"directory must be a path"),
     ("save-directory-int", lambda: ad.save_adapter(lora_mlp(), 3), TypeError, r"directory must be a path"),
+    ("save-not-a-model", lambda: ad.save_adapter("model", "unused"), TypeError, r"^save_adapter expects a lora_np model, got str$"),
+    ("load-not-a-model", lambda: ad.load_adapter("model", "unused"), TypeError, r"^load_adapter expects a lora_np model, got str$"),
     ("save-no-adapter", lambda: ad.save_adapter(mlp(), "unused"), ad.AdapterError, r"has no LoRA adapter: call inject_lora"),
     ("load-directory-none", lambda: ad.load_adapter(lora_mlp(), None), TypeError, r"directory must be a path"),
     ("load-missing-folder", lambda: ad.load_adapter(lora_mlp(), "/nonexistent/adapter"), FileNotFoundError, r"no adapter_weights.npz in /nonexistent/adapter: expected a folder written by save_adapter"),
