@@ -100,9 +100,8 @@ def test_scale_codes_are_flat_int8_padded_to_dq_blocks():
 
 def test_repr_says_how_the_scales_are_stored():
     W = gaussian(128)
-    assert "double-quantized scales" in repr(nf4_quantize(W))
-    assert "float32 scales" in repr(nf4_quantize(W, double_quant=False))
-    assert "double-quantized" not in repr(nf4_quantize(W, double_quant=False))
+    assert repr(nf4_quantize(W)).startswith("NF4Tensor(shape=(128,), block_size=64, double-quantized scales, ")
+    assert repr(nf4_quantize(W, double_quant=False)).startswith("NF4Tensor(shape=(128,), block_size=64, float32 scales, ")
 
 
 def test_nominal_bits_default_to_double_quantization():
@@ -148,3 +147,20 @@ def test_relative_mse_against_a_hand_computed_value():
     assert relative_mse(np.array([3.0, 4.0]), np.array([3.0, 3.0])) == pytest.approx(1 / 25)
     # a ratio: the same for tiny weights (sum of squares far below 1)
     assert relative_mse(np.array([3e-3, 4e-3]), np.array([3e-3, 3e-3])) == pytest.approx(1 / 25)
+
+
+def test_a_float64_weight_is_quantized_from_its_float32_values():
+    """Blocks and scales are float32 whatever W's dtype: a float64 weight gives the codes of its
+    float32 copy, even for values a float64 computation would put on the other side of a midpoint."""
+    mid = ((NF4_CODEBOOK[1:] + NF4_CODEBOOK[:-1]) / 2).astype(np.float64)
+    W = np.zeros(64)
+    W[0] = 1.0  # the block's absmax: scale 1
+    W[1:16] = mid - 1e-12  # below each midpoint in float64, exactly on it in float32 (the upper entry)
+    W[16:] = np.random.default_rng(0).uniform(-1, 1, 48)
+    for double_quant in (False, True):
+        q64, q32 = nf4_quantize(W, double_quant=double_quant), nf4_quantize(W.astype(np.float32), double_quant=double_quant)
+        np.testing.assert_array_equal(q64.codes, q32.codes)
+        np.testing.assert_array_equal(q64.dequantize()[1:16], NF4_CODEBOOK[1:].astype(np.float64))
+    # int4 likewise: float64 in, the float32 computation's values out (as float64)
+    W = np.random.default_rng(1).standard_normal(100) * 3.0
+    np.testing.assert_array_equal(int4_roundtrip(W), int4_roundtrip(W.astype(np.float32)).astype(np.float64))
