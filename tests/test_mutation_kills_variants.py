@@ -140,15 +140,15 @@ def test_layer_errors_on_merged_pissa_and_nf4_bases():
     with pytest.raises(RuntimeError, match="^reset_lora_parameters\\(\\) on a merged layer: call unmerge\\(\\) first$"):
         layer.reset_lora_parameters()
     nf4 = ln.LoRALinear(64, 4, 2, 4.0, init="pissa", quantize="nf4", rng=0)
-    with pytest.raises(RuntimeError, match=re.escape(
+    with pytest.raises(RuntimeError, match="^" + re.escape(
         "reset_lora_parameters() with init='pissa' on an NF4 base would re-quantize it; build a new layer"
-    )):
+    ) + "$"):
         nf4.reset_lora_parameters()
     for call in (nf4.merge, nf4.unmerge):
-        with pytest.raises(RuntimeError, match=re.escape(
+        with pytest.raises(RuntimeError, match="^" + re.escape(
             "merge()/unmerge() on an NF4-quantized base: folding the update into 4-bit codes would "
             "re-quantize it; dequantize (layer.W) into a float Linear first"
-        )):
+        ) + "$"):
             call()
 
 
