@@ -2,6 +2,7 @@
 non-zero biases, freezing, the Dropout module, LoRAEmbedding's bookkeeping, frozen gradients
 not computed)."""
 
+import array
 import copy
 import re
 
@@ -63,6 +64,8 @@ def test_input_errors_name_the_module_and_what_it_expects():
     layer = ln.LoRALinear(4, 3, 2, 4.0, rng=0)
     with pytest.raises(TypeError, match=exact("LoRALinear on device 'cpu' expects a numpy array, got builtins.list")):
         layer([[1.0] * 4])
+    with pytest.raises(TypeError, match=exact("LoRALinear on device 'cpu' expects a numpy array, got array.array")):
+        layer(array.array("f", [1.0] * 4))
     with pytest.raises(ValueError, match=exact("LoRALinear expects input of shape (..., 4) (in_features=4), got shape (2, 5)")):
         layer(np.zeros((2, 5), np.float32))
     with pytest.raises(TypeError, match="^LoRALinear has dtype float32 but the input is float64: cast it with x.astype"):
@@ -284,7 +287,22 @@ def test_lora_embedding_init(rng):
     assert ln.LoRAEmbedding(5, 4, 2, 4.0, dtype=np.float64).params["A"].dtype == np.float64
 
 
+def test_embedding_init_is_standard_normal():
+    emb = ln.Embedding(500, 40, rng=0)
+    assert emb.params["table"].dtype == np.float32
+    assert emb.params["table"].std() == pytest.approx(1.0, rel=0.02)
+    assert ln.Embedding(500, 40, std=0.02, rng=0).params["table"].std() == pytest.approx(0.02, rel=0.02)
+
+
+def test_lora_embedding_lives_on_its_device(strict_gpu):
+    from lora_np import backend
+
+    emb = ln.LoRAEmbedding(6, 4, 2, 4.0, rng=0, device="gpu")
+    assert {key: backend.device_of(v) for key, v in emb.params.items()} == {"table": "gpu", "A": "gpu", "B": "gpu"}
+
+
 def test_from_embedding_keeps_dtype_and_passes_options():
+    assert ln.LoRAEmbedding.from_embedding(ln.Embedding(6, 4, rng=0), 2, 4.0).dtype == np.float32
     base = ln.Embedding(6, 4, dtype=np.float64, rng=0)
     emb = ln.LoRAEmbedding.from_embedding(base, 4, 8.0, use_rslora=True, rng=1)
     assert emb.dtype == np.float64 and all(v.dtype == np.float64 for v in emb.params.values())
