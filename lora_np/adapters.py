@@ -476,7 +476,8 @@ def peft_config(model: Module) -> dict:
         "peft_type": "LORA", "task_type": None, "base_model_name_or_path": None, "inference_mode": True,
         "r": r, "lora_alpha": alpha, "target_modules": [n for n, _ in layers], "use_rslora": use_rslora,
         "use_dora": use_dora, "lora_dropout": max([getattr(m, "dropout", 0.0) for _, m in layers]),
-        "bias": "none", "fan_in_fan_out": False, "init_lora_weights": True, "modules_to_save": None,
+        "bias": "none", "fan_in_fan_out": bool(getattr(model, "peft_fan_in_fan_out", False)),  # GPT-2's Conv1D
+        "init_lora_weights": True, "modules_to_save": None,
         "rank_pattern": {n: m.r for n, m in layers if m.r != r},
         "alpha_pattern": {n: m.alpha for n, m in layers if m.alpha != alpha},
     }

@@ -158,6 +158,10 @@ class GPT2LMHeadModel(Module):
     scatter-add and the head's ``dlogits.T @ ln_f(x)``.
     """
 
+    # PEFT adapts GPT-2's Conv1D layers, which store their weight as (d_in, d_out): its adapter_config
+    # says fan_in_fan_out = true for them (it changes how PEFT merges, not the forward)
+    peft_fan_in_fan_out = True
+
     def __init__(self, config: GPT2Config | None = None, *, dtype=np.float32, rng=None, device="cpu", **kwargs):
         super().__init__()
         if config is None:

@@ -169,6 +169,7 @@ def test_lora_round_trips_through_peft(tmp_path):
     gpt2.finetune(model, tokens, steps=5, r=4, alpha=8, lr=1e-2, batch_size=2, seq_len=16, progress=False)
     assert np.abs(ln.lora.lora_layers(model)[0][1].B).max() > 0  # trained: B moved off zero
     adapters.export_peft(model, tmp_path / "adapter")
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["fan_in_fan_out"] is True
     base = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base")
     peft_model = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
     idx = np.random.default_rng(0).integers(0, 97, (2, 16))
