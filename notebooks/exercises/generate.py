@@ -10,12 +10,14 @@ between ``### BEGIN HIDDEN TESTS`` / ``### END HIDDEN TESTS``, and every exercis
 nbgrader's cell metadata.  ``nbgrader generate_assignment`` (run here through nbgrader's own
 API, with the course layout it expects built in a temporary folder) replaces each solution by
 ``raise NotImplementedError()``, drops the hidden tests, clears the outputs and writes the
-student version.  Needs the ``course`` extra: ``pip install -e ".[course]"`` (nbgrader).
+student version; this script then executes each student notebook (notebooks/run_all.py's
+``run``) so that it is committed with its outputs.  Needs the ``course`` extra: ``pip install -e ".[course]"`` (nbgrader).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -58,46 +60,52 @@ def generate(dest: Path) -> list[Path]:
     return written
 
 
-def coalesce_streams(nb) -> None:
-    """Join consecutive stdout (or stderr) outputs of a cell: how the kernel splits them varies run to run."""
-    for cell in nb.cells:
-        merged = []
-        for out in cell.get("outputs", []):
-            if merged and out.get("output_type") == "stream" and merged[-1].get("output_type") == "stream" \
-                    and merged[-1].get("name") == out.get("name"):
-                merged[-1]["text"] += out["text"]
-            else:
-                merged.append(out)
-        if "outputs" in cell:
-            cell["outputs"] = merged
+def _run_all():
+    """notebooks/run_all.py: execute a notebook in place, top to bottom, volatile metadata stripped."""
+    sys.path.insert(0, str(HERE.parent))
+    import run_all
+
+    os.environ["LORA_NP_PROGRESS"] = "0"  # inherited by the kernels: no progress bars saved
+    return run_all
 
 
 def run_solutions() -> None:
-    """Re-execute every solution notebook in place, top to bottom (volatile metadata stripped)."""
-    import time
-
-    import nbformat
-    from nbclient import NotebookClient
-
-    sys.path.insert(0, str(HERE.parent))
-    from run_all import strip_volatile
-
+    """Re-execute every solution notebook in place."""
+    run_all = _run_all()
     for path in solution_notebooks():
-        nb = nbformat.read(path, as_version=4)
-        start = time.perf_counter()
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}).execute()
-        strip_volatile(nb)
-        coalesce_streams(nb)
-        nbformat.write(nb, path)
-        print(f"{path.name:<40} {time.perf_counter() - start:6.1f} s")
+        print(f"{path.name:<40} {run_all.run(path):6.1f} s")
+
+
+def execute_students(paths) -> None:
+    """Execute the generated student notebooks, so they are committed with their outputs: every
+    exercise reports "not done yet" and every cell after it still runs."""
+    run_all = _run_all()
+    for path in paths:
+        run_all.run(path)
+
+
+def _source_view(path: Path) -> str:
+    """The notebook without outputs and execution counts: what nbgrader generates."""
+    import json
+
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+    return json.dumps(nb, sort_keys=True, indent=1)
 
 
 def differences(generated: list[Path]) -> list[str]:
-    """Names of student notebooks that differ from (or are missing in, or extra in) notebooks/student/."""
+    """Names of student notebooks that differ from (or are missing in, or extra in) notebooks/student/.
+
+    The committed student notebooks are executed (see ``execute_students``); nbgrader's output has
+    none, so outputs and execution counts are left out of the comparison, and everything else
+    (every cell's source, nbgrader metadata, notebook metadata) must be equal.
+    """
     names = {p.name for p in generated}
     committed = {p.name for p in STUDENT.glob("*.ipynb")}
     diff = sorted(names ^ committed)
-    diff += [p.name for p in generated if p.name in committed and p.read_bytes() != (STUDENT / p.name).read_bytes()]
+    diff += [p.name for p in generated if p.name in committed and _source_view(p) != _source_view(STUDENT / p.name)]
     return diff
 
 
@@ -113,8 +121,10 @@ def main(argv=None) -> int:
             diff = differences(generate(Path(tmp)))
         print("student notebooks up to date" if not diff else f"stale student notebooks: {diff}")
         return 1 if diff else 0
-    for path in generate(STUDENT):
-        print("wrote", path.relative_to(HERE.parent.parent))
+    written = generate(STUDENT)
+    execute_students(written)
+    for path in written:
+        print("wrote and executed", path.relative_to(HERE.parent.parent))
     return 0
 
 
