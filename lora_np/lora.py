@@ -104,17 +104,20 @@ def inject_lora(model: Module, r, alpha, targets=DEFAULT_TARGETS, *, use_rslora=
     """
     chosen = _select(model, targets, Linear)
     rng = as_generator(rng)
-    # build every new layer first (from_linear leaves the old one unchanged): a layer that
-    # cannot be built (say init="pissa" with r above its size) fails before the model changes
+    return _replace_all(model, chosen, lambda old: LoRALinear.from_linear(
+        old, r, alpha, use_rslora=use_rslora, dropout=dropout, rng=rng, **kwargs))
+
+
+def _replace_all(model: Module, chosen, build) -> list:
+    """Build every new layer first (``build(old)`` leaves the old one unchanged), so a layer that
+    cannot be built (say init="pissa" with r above its size) fails before the model changes; then
+    swap them all in and freeze everything but the adapters.  Returns ``chosen``."""
     built = []
     for name in chosen:
         try:
-            layer = LoRALinear.from_linear(
-                model.get_submodule(name), r, alpha, use_rslora=use_rslora, dropout=dropout, rng=rng, **kwargs
-            )
+            built.append((name, build(model.get_submodule(name))))
         except (TypeError, ValueError) as err:
             raise type(err)(f"{name}: {err} (nothing was changed)") from err
-        built.append((name, layer))
     with all_or_nothing(model):
         for name, layer in built:
             model.set_submodule(name, layer)
@@ -127,18 +130,8 @@ def inject_lora_embedding(model: Module, r, alpha, targets=("tok_emb",), *, use_
     then freeze everything but the adapters.  Returns the replaced names."""
     chosen = _select(model, targets, Embedding)
     rng = as_generator(rng)
-    built = []
-    for name in chosen:
-        try:
-            layer = LoRAEmbedding.from_embedding(model.get_submodule(name), r, alpha, use_rslora=use_rslora, rng=rng)
-        except (TypeError, ValueError) as err:
-            raise type(err)(f"{name}: {err} (nothing was changed)") from err
-        built.append((name, layer))
-    with all_or_nothing(model):
-        for name, layer in built:
-            model.set_submodule(name, layer)
-        mark_only_lora_as_trainable(model)
-    return chosen
+    return _replace_all(model, chosen, lambda old: LoRAEmbedding.from_embedding(
+        old, r, alpha, use_rslora=use_rslora, rng=rng))
 
 
 def loraplus_param_groups(model: Module, lr, ratio=1.0) -> list:
