@@ -245,3 +245,22 @@ def test_dropout_probability_checked_alike(p):
     for make in (lambda: ln.Dropout(p), lambda: ln.LoRALinear(4, 3, 2, 2.0, dropout=p)):
         with pytest.raises(ValueError, match=r"dropout must be a probability in \[0, 1\), got"):
             make()
+
+
+def test_frozen_embedding_skips_its_scatter_add(monkeypatch):
+    """A frozen table (GPT-2's wte under LoRA) builds no (V, C) gradient; an unfrozen one does."""
+    from lora_np import functional as F
+
+    calls = []
+    real = F.embedding_backward
+    monkeypatch.setattr(F, "embedding_backward", lambda dout, cache: calls.append(1) or real(dout, cache))
+    emb = ln.Embedding(7, 3, rng=0)
+    idx = np.array([[1, 2, 2]])
+    emb.freeze()
+    emb.forward(idx)
+    assert emb.backward(np.ones((1, 3, 3), np.float32)) is None
+    assert calls == [] and "table" not in emb.grads
+    emb.unfreeze()
+    emb.forward(idx)
+    emb.backward(np.ones((1, 3, 3), np.float32))
+    assert calls == [1] and emb.grads["table"][2].tolist() == [2.0, 2.0, 2.0]
