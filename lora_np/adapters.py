@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import numbers
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -43,7 +45,7 @@ WEIGHTS_FILE = "adapter_weights.npz"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"
 DEFAULT_ADAPTER = "default"
 ADAPTER_KEYS = ("A", "B", "m")
-_LINEAR_ATTRS = ("r", "alpha", "use_rslora", "scaling", "dropout", "use_dora", "dora_detach_norm")
+_SLOT_ATTRS = ("r", "alpha", "use_rslora", "scaling", "dropout", "use_dora", "dora_detach_norm")  # those a layer has
 
 
 class AdapterError(ValueError):
@@ -52,10 +54,6 @@ class AdapterError(ValueError):
 
 # ---------------------------------------------------------------------------------------
 # what an adapter is: per layer, its config and its arrays
-
-
-def _kind(layer) -> str:
-    return "embedding" if isinstance(layer, LoRAEmbedding) else "linear"
 
 
 def _layer_config(layer) -> dict:
@@ -223,7 +221,7 @@ def _read_config(directory) -> dict:
 
 
 def _array_bytes(shape, dtype) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    return math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow for any header
 
 
 def _read_npy(zf, name, check, max_bytes, where):
@@ -354,11 +352,10 @@ def load_adapter(model: Module, directory) -> list:
                 if config["version"] != 1:
                     raise AdapterError(f"{path} holds no config: it was not written by save_adapter (version {VERSION})")
             elif copy.is_file() and copy.stat().st_size <= MAX_CONFIG_BYTES:
-                try:
-                    same = json.loads(copy.read_bytes()) == config
-                except ValueError:
-                    same = False
-                if not same:
+                differs = True  # a copy that is not JSON differs too
+                with contextlib.suppress(ValueError):
+                    differs = json.loads(copy.read_bytes()) != config
+                if differs:
                     warnings.warn(
                         f"{copy} differs from the config stored in {WEIGHTS_FILE}, which is the one used (the file "
                         "was edited, or a save was interrupted after writing the weights)", stacklevel=2,
@@ -439,7 +436,7 @@ def peft_state(model: Module, prefix="base_model.model.") -> dict:
     """
     out = {}
     for name, layer in _installed_layers(model):
-        if getattr(layer, "init", "gaussian") == "pissa":
+        if isinstance(layer, LoRALinear) and layer.init == "pissa":
             raise AdapterError(
                 f"{name} uses init='pissa': its base weight is the residual W - s*A@B, which a PEFT "
                 "checkpoint of the original base cannot express; merge it or save it with save_adapter"
@@ -516,16 +513,12 @@ def _slots(layer) -> dict:
     return layer.__dict__.setdefault("adapter_slots", {})
 
 
-def _attrs(layer):
-    return ("r", "alpha", "use_rslora", "scaling") if isinstance(layer, LoRAEmbedding) else _LINEAR_ATTRS
-
-
 def _stash(layer) -> None:
     """Record the installed adapter in the layer's slots (the same arrays, no copy)."""
     name = _active_name(layer)
     if name is not None:
         _slots(layer)[name] = {
-            "config": {a: getattr(layer, a) for a in _attrs(layer)},
+            "config": {a: getattr(layer, a) for a in _SLOT_ATTRS if hasattr(layer, a)},
             "params": {k: layer.params[k] for k in ADAPTER_KEYS if k in layer.params},
         }
 
@@ -565,8 +558,8 @@ def list_adapters(model: Module) -> list:
 
 
 def _check_name(name):
-    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise ValueError(f"an adapter name must be a non-empty string of letters, digits, '_' or '-', got {name!r}")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", name):
+        raise ValueError(f"an adapter name must be a non-empty string of ASCII letters, digits, '_' or '-', got {name!r}")
     return name
 
 
@@ -642,13 +635,7 @@ def _add_to_layers(model, name, chosen, config, current, rng):
             _uninstall(layer)  # the model runs `current`: this layer has no such adapter
     if current is None:
         model.active_adapter_name = name
-    mark_only_lora_as_trainable(model)
-    _freeze_uninstalled(model)
-
-
-def _freeze_uninstalled(model):
-    for _, layer in lora_layers(model):
-        layer.frozen = layer._always_frozen() | set(layer.params) if _active_name(layer) is None else layer._always_frozen()
+    mark_only_lora_as_trainable(model)  # a layer without the active adapter holds only its frozen base
 
 
 def set_adapter(model: Module, name) -> None:
@@ -665,7 +652,6 @@ def set_adapter(model: Module, name) -> None:
                 _install(layer, name)
         model.active_adapter_name = name
         mark_only_lora_as_trainable(model)
-        _freeze_uninstalled(model)
 
 
 def delete_adapter(model: Module, name) -> None:
@@ -749,11 +735,13 @@ def merge_errors(W, A, B, scaling, dtype, x) -> dict:
     layer.params.update(W=W.astype(dt), A=A.astype(dt), B=B.astype(dt))
     xd = x.astype(dt)
     exact = W + scaling * (A @ B)
-    unmerged_out = layer(xd).astype(np.float64)
-    W_before = layer.W.astype(np.float64)
+
+    def f64(a):
+        return a.astype(np.float64)
+
+    unmerged_out, W_before = f64(layer(xd)), f64(layer.W)
     layer.merge()
-    merged_weight = layer.W.astype(np.float64)
-    merged_out = layer(xd).astype(np.float64)
+    merged_weight, merged_out = f64(layer.W), f64(layer(xd))
     layer.unmerge()
 
     def rel(a, b):
@@ -762,5 +750,5 @@ def merge_errors(W, A, B, scaling, dtype, x) -> dict:
     return {
         "merged_weight": rel(merged_weight, exact),
         "merged_output": rel(merged_out, unmerged_out),
-        "roundtrip_weight": rel(layer.W.astype(np.float64), W_before),
+        "roundtrip_weight": rel(f64(layer.W), W_before),
     }
