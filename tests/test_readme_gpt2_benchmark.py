@@ -11,8 +11,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_readme_states_the_saved_ratio():
-    result = json.loads((ROOT / "benchmarks" / "results" / "gpt2_step.json").read_text())
+@pytest.mark.parametrize("name, threads", [("gpt2_step.json", 1), ("gpt2_step_2_threads.json", 2)])
+def test_readme_states_the_saved_ratio(name, threads):
+    result = json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+    assert result["mode"] == "full" and result["threads"] == threads
+    assert all(b["architecture"] == "SkylakeX" for b in result["blas"])  # the CPU's own kernel, as the README says
     text = (ROOT / "README.md").read_text()
     low, high = result["ratio_range"]
     assert f"lora_np / PyTorch = {result['ratio']:.3f} (per-round {low:.3f}–{high:.3f}" in text
