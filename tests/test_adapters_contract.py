@@ -12,6 +12,7 @@ import re
 import struct
 import warnings
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -256,7 +257,9 @@ def test_the_config_copy_is_optional_and_a_differing_one_warns_at_the_caller(tmp
         with pytest.warns(UserWarning, match=r"differs from the config stored in adapter_weights.npz, which is the one "
                                              r"used \(the file was edited, or a save was interrupted") as record:
             ad.load_adapter(lora_mlp(seed=5), folder)
-        assert record[0].filename == __file__  # stacklevel: the warning points at the caller's line
+        # stacklevel: the warning points at the caller's line, not into lora_np (a mutation-testing
+        # run adds one frame of its own, its trampoline, between the two)
+        assert Path(record[0].filename).name in {Path(__file__).name, "trampoline.py"}, record[0].filename
 
 
 # --- a load that fails while writing ----------------------------------------------------------
