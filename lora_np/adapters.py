@@ -419,7 +419,8 @@ def read_safetensors(path, expected=None) -> dict:
                     raise AdapterError(f"{path}: {name} is bfloat16, which NumPy has no dtype for")
                 if expected is not None:
                     want_shape, want_dtype = expected[name]
-                    if shape != tuple(want_shape) or codes.get(code) != np.dtype(want_dtype):
+                    # (np.dtype(None) is float64: an unknown code must not compare equal to it)
+                    if shape != tuple(want_shape) or code not in codes or np.dtype(codes[code]) != np.dtype(want_dtype):
                         raise AdapterError(f"{path}: {name} is {code}{shape}, expected {np.dtype(want_dtype)}{tuple(want_shape)}")
                 out[name] = f.get_tensor(name)
             return out
@@ -626,7 +627,7 @@ def _add_to_layers(model, name, chosen, config, current, rng):
                 setattr(layer, a, v)
             layer._rng = rng
             layer.reset_lora_parameters()  # A Gaussian, B = 0 (and m from the base) for the new adapter
-            layer.active_adapter, layer.disabled = name, False
+            layer.active_adapter = name
             if previous is not None:
                 _uninstall(layer)
                 _install(layer, previous)
@@ -732,7 +733,7 @@ def merge_errors(W, A, B, scaling, dtype, x) -> dict:
     layer = LoRALinear(W.shape[0], W.shape[1], A.shape[1], 1.0, bias=False, dtype=dtype)
     layer.scaling = float(scaling)
     dt = np.dtype(dtype)
-    layer.params.update(W=W.astype(dt), A=A.astype(dt), B=B.astype(dt))
+    layer.params.update({k: v.astype(dt) for k, v in (("W", W), ("A", A), ("B", B))})
     xd = x.astype(dt)
     exact = W + scaling * (A @ B)
 

@@ -295,6 +295,14 @@ def test_float64_safetensors_read_against_an_expected_header(tmp_path):
     np.testing.assert_array_equal(got["t"], t)
 
 
+def test_a_tensor_of_another_dtype_is_refused_even_where_float64_is_expected(tmp_path):
+    from safetensors.numpy import save_file
+
+    save_file({"t": np.arange(6, dtype=np.int64).reshape(2, 3)}, str(tmp_path / "i.safetensors"))
+    with pytest.raises(ad.AdapterError, match=r"t is I64\(2, 3\), expected float64\(2, 3\)$"):
+        ad.read_safetensors(tmp_path / "i.safetensors", {"t": ((2, 3), np.float64)})
+
+
 def test_peft_state_takes_every_layer_under_the_default_prefix():
     lm = lm_with_embedding_and_linear()
     keys = set(ad.peft_state(lm))
@@ -467,6 +475,28 @@ def test_merging_another_adapter_that_fails_on_its_last_layer_changes_nothing():
         ad.merge_adapter(model, "b")
     assert_values(model, before)  # layers.0's W was written, then restored
     assert ad.active_adapter(model) == "default" and not any(m.merged for m in model.layers)
+
+
+def test_merging_a_plain_adapter_in_place_then_failing_restores_w():
+    """Plain LoRA merges in place (W += s A@B): a failure on the next layer must put W back."""
+    model = randomize(lora_mlp(), 1)
+    ad.add_adapter(model, "b", 2, 4.0, targets="layers.*", rng=2)
+    rng = np.random.default_rng(4)
+    for layer in model.layers:
+        slot = ad._slots(layer)["b"]["params"]
+        slot["B"][...] = rng.standard_normal(slot["B"].shape).astype(np.float32)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("injected: the second layer's merge fails")
+
+    model.layers[1].merge = fails
+    W0 = model.layers[0].W
+    before = values(model)
+    with pytest.raises(RuntimeError, match="injected"):
+        ad.merge_adapter(model, "b")
+    assert model.layers[0].W is W0  # the same array, written in place and then restored
+    assert_values(model, before)
+    assert ad.active_adapter(model) == "default" and not model.layers[0].merged
 
 
 def test_merge_adapter_refuses_nf4_layers_before_touching_them():
