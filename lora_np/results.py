@@ -89,7 +89,8 @@ def beyond_plain_lora_rows(res: dict) -> dict:
             "trainable magnitude `m` per output unit (the norm over axis 0 of our `(d_in, d_out)` W); exact gradients "
             f"of m, A, B, x checked ≤ 1e-7; the detached-norm dB is off by {dora['detached_dB_rel_error'][0]:.0%}–"
             f"{dora['detached_dB_rel_error'][1]:.0%} (relative); rotated digits {_pct(dora['acc_mean'])} "
-            f"({_range_pct(dora['acc_range'])}, {n} seeds) vs plain LoRA {_pct(res['lora_acc_mean'])} at the same rate; "
+            f"({_range_pct(dora['acc_range'])}, {n} seeds) vs plain LoRA {_pct(res['lora_acc_mean'])} "
+            f"({_range_pct(res['lora_acc_range'])}) at the same rate; "
             "its forward must form `W + s·A@B` for the norms"
         ),
         "PiSSA": (
@@ -98,9 +99,10 @@ def beyond_plain_lora_rows(res: dict) -> dict:
         ),
         "LoRA+": (
             f"helps when the learning rate is too small ({plus['steps']} steps at lr {plus['small_lr']:g}: "
-            f"{_pct(plus['small_lr_acc'][0])} → {_pct(plus['small_lr_acc'][1])} for λ = 1 → {plus['lambdas'][-1]}); "
-            f"with the rate tuned per λ: {_pct(plus['best_acc'][0])} at λ = 1 vs {_pct(plus['best_acc'][1])} at "
-            f"λ = {plus['lambdas'][-1]} (means of {n} seeds)"
+            f"{_pct(plus['small_lr_acc'][0])} ({_range_pct(plus['small_lr_range'][0])}) → {_pct(plus['small_lr_acc'][1])} "
+            f"({_range_pct(plus['small_lr_range'][1])}) for λ = 1 → {plus['lambdas'][-1]}); with the rate tuned per λ: "
+            f"{_pct(plus['best_acc'][0])} ({_range_pct(plus['best_range'][0])}) at λ = 1 vs {_pct(plus['best_acc'][1])} "
+            f"({_range_pct(plus['best_range'][1])}) at λ = {plus['lambdas'][-1]} ({n} seeds)"
         ),
         "NF4 frozen base": (
             f"{nf4['bits']:g} bits/weight, {nf4['bits_double_quant']:.3f} with double quantization; relative error "
