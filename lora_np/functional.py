@@ -25,6 +25,11 @@ import numpy as np
 
 from .backend import get_array_module, scatter_add, to_numpy
 
+def _rows(a):
+    """[..., k] -> [N, k]: the leading dimensions flattened into one (a view for a contiguous ``a``)."""
+    return a.reshape(-1, a.shape[-1])
+
+
 # ----------------------------------------------------------------------------------------
 # linear
 
@@ -38,8 +43,8 @@ def linear_forward(x, W, b=None):
     way the LoRA fast path computes it: the same BLAS call on the same numbers, so a LoRA
     layer with B = 0 reproduces this output bit for bit on input of any rank.
     """
-    d_in, d_out = W.shape
-    out = x.reshape(-1, d_in) @ W  # [..., d_in] -> [N, d_in] @ [d_in, d_out] -> [N, d_out]
+    d_out = W.shape[1]
+    out = _rows(x) @ W  # [..., d_in] -> [N, d_in] @ [d_in, d_out] -> [N, d_out]
     if b is not None:
         out += b
     return out.reshape(*x.shape[:-1], d_out), (x, W, b is not None)
@@ -59,12 +64,11 @@ def linear_backward(dout, cache, need_dW=True):
     ``dout`` must have the forward output's shape (..., d_out).
     """
     x, W, has_bias = cache
-    d_in, d_out = W.shape
-    _check_dout(dout, x.shape[:-1] + (d_out,))
-    d2 = dout.reshape(-1, d_out)  # [N, d_out]
+    _check_dout(dout, x.shape[:-1] + (W.shape[1],))
+    d2 = _rows(dout)  # [N, d_out]
     grads = {"dx": (d2 @ W.T).reshape(x.shape)}  # [N, d_out] @ [d_out, d_in] -> [..., d_in]
     if need_dW:
-        x2 = x.reshape(-1, d_in)  # [N, d_in]
+        x2 = _rows(x)  # [N, d_in]
         grads["dW"] = x2.T @ d2  # [d_in, N] @ [N, d_out] -> [d_in, d_out]
         if has_bias:
             grads["db"] = d2.sum(axis=0)
@@ -101,11 +105,11 @@ def lora_linear_backward(dout, cache, need_dW=False):
     """
     base_cache, xd, h, A, B, s, mask = cache
     grads = linear_backward(dout, base_cache, need_dW=need_dW)
-    d2 = dout.reshape(-1, dout.shape[-1])  # [N, d_out]
-    h2 = h.reshape(-1, h.shape[-1])  # [N, r]
+    d2 = _rows(dout)  # [N, d_out]
+    h2 = _rows(h)  # [N, r]
     grads["dB"] = s * (h2.T @ d2)  # [r, d_out]
     dh = s * (dout @ B.T)  # [..., d_out] -> [..., r]
-    grads["dA"] = xd.reshape(-1, xd.shape[-1]).T @ dh.reshape(-1, dh.shape[-1])  # [d_in, r]
+    grads["dA"] = _rows(xd).T @ _rows(dh)  # [d_in, r]
     dxd = dh @ A.T  # [..., r] -> [..., d_in]
     grads["dx"] = grads["dx"] + (dxd if mask is None else dxd * mask)
     return grads
@@ -124,10 +128,9 @@ _SCRATCH_SHAPES = 4  # how many (shape, dtype) scratch arrays a thread keeps
 
 def _matmul_scratch(a, b):
     """a @ b written into a reused scratch array (NumPy only); the caller uses it at once."""
-    xp = get_array_module(a, b)
     dtype = np.result_type(a.dtype, b.dtype)
     shape = (a.shape[0], b.shape[1])
-    if xp is not np or math.prod(shape) * dtype.itemsize < _SCRATCH_MIN_BYTES:
+    if not isinstance(a, np.ndarray) or math.prod(shape) * dtype.itemsize < _SCRATCH_MIN_BYTES:
         return a @ b  # CuPy's memory pool already reuses device blocks
     kept = getattr(_SCRATCH, "arrays", None)
     if kept is None:
@@ -160,9 +163,9 @@ def lora_linear_forward_fast(x, W, b, A, B, scaling, dropout_mask=None):
     The cache holds ``hs = scaling * h``, which is exactly what the backward needs.
     Same arguments and shapes as ``lora_linear_forward``; pair it with ``lora_linear_backward_fast``.
     """
-    d_in, d_out = W.shape
+    d_out = W.shape[1]
     lead = x.shape[:-1]
-    x2 = x.reshape(-1, d_in)  # [..., d_in] -> [N, d_in], a view when x is contiguous
+    x2 = _rows(x)  # [..., d_in] -> [N, d_in], a view when x is contiguous
     mask2 = None if dropout_mask is None else dropout_mask.reshape(x2.shape)
     xd2 = x2 if mask2 is None else x2 * mask2  # [N, d_in]
     out = x2 @ W  # [N, d_in] @ [d_in, d_out] -> [N, d_out]
@@ -188,7 +191,7 @@ def lora_linear_backward_fast(dout, cache, need_dW=False):
     x2, xd2, hs, W, A, B, s, mask2, has_bias, lead = cache
     d_in, d_out = W.shape
     _check_dout(dout, lead + (d_out,))
-    d2 = dout.reshape(-1, d_out)  # [..., d_out] -> [N, d_out]
+    d2 = _rows(dout)  # [..., d_out] -> [N, d_out]
     grads = {"dB": hs.T @ d2}  # [r, N] @ [N, d_out] -> [r, d_out]
     dh = d2 @ B.T  # [N, d_out] @ [d_out, r] -> [N, r]
     dh *= s  # scaled while small
@@ -274,15 +277,14 @@ def dora_linear_backward(dout, cache):
     PEFT does): dm and dx are unchanged, dA and dB lose the V term.
     """
     x, W, V, n, g, z, xd, h, A, B, s, mask, detach_norm = cache
-    C = dout.shape[-1]
-    d2 = dout.reshape(-1, C)  # [N, d_out]
+    d2 = _rows(dout)  # [N, d_out]
     dz = dout * g  # [..., d_out]
-    dz2 = dz.reshape(-1, C)
-    dg = (d2 * z.reshape(-1, C)).sum(axis=0)  # [d_out]
+    dz2 = _rows(dz)
+    dg = (d2 * _rows(z)).sum(axis=0)  # [d_out]
     grads = {"dm": dg / n}
     dh = s * (dz @ B.T)  # [..., d_out] -> [..., r]
-    grads["dB"] = s * (h.reshape(-1, h.shape[-1]).T @ dz2)  # [r, d_out]
-    grads["dA"] = xd.reshape(-1, xd.shape[-1]).T @ dh.reshape(-1, dh.shape[-1])  # [d_in, r]
+    grads["dB"] = s * (_rows(h).T @ dz2)  # [r, d_out]
+    grads["dA"] = _rows(xd).T @ _rows(dh)  # [d_in, r]
     dxd = dh @ A.T  # [..., r] -> [..., d_in]
     grads["dx"] = dz @ W.T + (dxd if mask is None else dxd * mask)
     if not detach_norm:
@@ -316,10 +318,10 @@ def lora_embedding_backward(dout, cache):
     """
     idx, h, A_shape, B, s = cache
     xp = get_array_module(dout)
-    d2 = dout.reshape(-1, dout.shape[-1])  # [N, C]
-    h2 = h.reshape(-1, h.shape[-1])  # [N, r]
+    d2 = _rows(dout)  # [N, C]
+    h2 = _rows(h)  # [N, r]
     dA = xp.zeros(A_shape, dtype=dout.dtype)
-    scatter_add(dA, idx.reshape(-1), s * (d2 @ B.T))  # [N, r] into [V, r]
+    scatter_add(dA, idx.ravel(), s * (d2 @ B.T))  # [N, r] into [V, r]
     return {"dA": dA, "dB": s * (h2.T @ d2)}
 
 
@@ -413,9 +415,8 @@ def layernorm_backward(dout, cache):
     dtype = dout.dtype
     if dtype == np.float16:  # as in forward: the sums in float32, the gradients back in float16
         dout = dout.astype(np.float32)
-    C = xhat.shape[-1]
-    dgamma = (dout * xhat).reshape(-1, C).sum(axis=0)
-    dbeta = dout.reshape(-1, C).sum(axis=0)
+    dgamma = _rows(dout * xhat).sum(axis=0)
+    dbeta = _rows(dout).sum(axis=0)
     dxhat = dout * gamma
     dx = rstd * (
         dxhat
@@ -447,8 +448,8 @@ def causal_attention_forward(q, k, v, n_head):
     qh, kh, vh = split(q), split(k), split(v)
     scale = 1.0 / math.sqrt(D)
     att = (qh @ kh.transpose(0, 1, 3, 2)) * scale  # [n, H, T, D] @ [n, H, D, T] -> [n, H, T, T]
-    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)  # True above the diagonal
-    att = xp.where(future, -xp.inf, att).astype(q.dtype, copy=False)
+    future = xp.arange(T)[None, :] > xp.arange(T)[:, None]  # [T, T]: key position after query position
+    att[:, :, future] = -xp.inf  # att is a fresh array: masked in place, its dtype kept
     p, _ = softmax_forward(att)  # [n, H, T, T]; masked entries are exactly 0
     yh = p @ vh  # [n, H, T, T] @ [n, H, T, D] -> [n, H, T, D]
     y = yh.transpose(0, 2, 1, 3).reshape(n, T, C)  # -> [n, T, C]
@@ -490,7 +491,7 @@ def embedding_backward(dout, cache):
     idx, shape = cache
     xp = get_array_module(dout)
     dtable = xp.zeros(shape, dtype=dout.dtype)
-    scatter_add(dtable, idx.reshape(-1), dout.reshape(-1, shape[1]))
+    scatter_add(dtable, idx.ravel(), _rows(dout))
     return {"dtable": dtable}
 
 
@@ -522,7 +523,8 @@ _REAL = (int, float, np.integer, np.floating)
 
 
 def _check_loss_dout(dout):
-    if getattr(dout, "ndim", None) == 0 and getattr(dout, "dtype", np.dtype(object)).kind in "iuf":
+    kind = getattr(getattr(dout, "dtype", None), "kind", None)  # None for a Python number
+    if getattr(dout, "ndim", None) == 0 and kind in ("i", "u", "f"):
         dout = float(dout)  # a 0-d array (a NumPy scalar or a numerical-gradient seed)
     if isinstance(dout, bool) or not isinstance(dout, _REAL) or not math.isfinite(dout):
         raise TypeError(f"dout of a loss is d(objective)/d(loss), a finite Python float such as 1.0, got {dout!r}")
@@ -553,8 +555,10 @@ def _check_targets(logits, targets, ignore_index):
 def _bad_target(t, K, ignore_index):
     """The first target outside [0, K) (and not ignore_index), for the error message only."""
     t = to_numpy(t)
-    bad = t[((t < 0) | (t >= K)) & (t != ignore_index if ignore_index is not None else True)]
-    return int(bad[0])
+    bad = (t < 0) | (t >= K)
+    if ignore_index is not None:
+        bad &= t != ignore_index
+    return int(t[bad][0])
 
 
 def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
@@ -567,18 +571,19 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=None):
     _check_targets(logits, targets, ignore_index)
     xp = get_array_module(logits)
     K = logits.shape[-1]
-    z = logits.reshape(-1, K)  # [N, K]
-    t = targets.reshape(-1)  # [N]
+    z = _rows(logits)  # [N, K]
+    t = targets.ravel()  # [N]
     outside = (t < 0) | (t >= K)
-    keep = None if ignore_index is None else (t != ignore_index)
-    if keep is None:
+    if ignore_index is None:
+        keep = None
         n, n_bad = z.shape[0], int(outside.sum())
     else:  # both counts in one transfer from the device
+        keep = t != ignore_index
         n, n_bad = (int(c) for c in to_numpy(xp.stack([keep.sum(), (outside & keep).sum()])))
         t = xp.where(keep, t, 0)
     if n_bad:
         extra = "" if ignore_index is None else f" or ignore_index={ignore_index}"
-        bad = _bad_target(targets.reshape(-1), K, ignore_index)
+        bad = _bad_target(targets, K, ignore_index)
         raise ValueError(f"softmax_cross_entropy: targets must lie in [0, K={K}){extra}, got {bad}")
     if n == 0:
         raise ValueError("softmax_cross_entropy: every target is ignore_index, nothing to average")

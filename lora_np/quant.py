@@ -156,22 +156,23 @@ class NF4Tensor:
         if not self.double_quant:
             return self.scales
         xp = get_array_module(self.scale_codes)
-        dq = self.scale_codes.astype(np.float64).reshape(-1, self.dq_block_size)
+        dq = self.scale_codes.reshape(-1, self.dq_block_size)  # int8 codes, promoted to float64 below
         scales = dq * (self.scale_scales[:, None].astype(np.float64) / 127.0) + self.scale_mean  # float64: no overflow
         n_blocks = -(-self.size // self.block_size)
         top = float(np.finfo(np.float32).max)  # a scale near float32's max may round just past it
-        return xp.clip(scales.reshape(-1)[:n_blocks], -top, top).astype(np.float32)
+        # no lower bound is needed: the lowest decodable scale, mean - max|scale - mean|, is >= -max(scale) >= -top
+        return xp.minimum(scales.ravel()[:n_blocks], top).astype(np.float32)
 
     def dequantize(self, dtype=None):
         """The weight as a float array of ``shape`` (default: the dtype it was quantized from)."""
         xp = get_array_module(self.codes)
         high = self.codes >> 4
         low = self.codes & 15
-        idx = xp.stack([high, low], axis=1).reshape(-1)  # [n_padded]
+        idx = xp.stack([high, low], axis=1).ravel()  # [n_padded]
         codebook = _codebook_on(xp)
         values = codebook[idx.astype(np.int64)].reshape(-1, self.block_size)  # [n_blocks, block]
         values = values * self.block_scales()[:, None]
-        return values.reshape(-1)[: self.size].reshape(self.shape).astype(dtype or self.dtype)
+        return values.ravel()[: self.size].reshape(self.shape).astype(dtype or self.dtype)
 
     def __repr__(self):
         kind = "double-quantized scales" if self.double_quant else "float32 scales"
@@ -193,12 +194,12 @@ def nf4_quantize(W, block_size=64, double_quant=True, dq_block_size=256) -> NF4T
     dq_block_size = _check_block(dq_block_size, "dq_block_size")
     if not isinstance(double_quant, bool):
         raise TypeError(f"double_quant must be True or False, got {double_quant!r}")
-    blocks = _blocks(W.reshape(-1).astype(np.float32), block_size, xp)  # [n_blocks, block]
+    blocks = _blocks(W.ravel().astype(np.float32), block_size, xp)  # [n_blocks, block]
     amax, safe = _absmax(blocks, xp)
     normalized = blocks / safe[:, None]  # in [-1, 1]
     codebook = _codebook_on(xp)
     midpoints = (codebook[1:] + codebook[:-1]) / 2  # nearest entry = how many midpoints lie below
-    idx = xp.searchsorted(midpoints, normalized.reshape(-1), side="right").astype(np.uint8)
+    idx = xp.searchsorted(midpoints, normalized.ravel(), side="right").astype(np.uint8)
     codes = (idx[0::2] << 4) | idx[1::2]  # two 4-bit codes per byte
     q = NF4Tensor(tuple(W.shape), np.dtype(W.dtype), block_size, codes, dq_block_size=dq_block_size)
     if not double_quant:
@@ -207,7 +208,8 @@ def nf4_quantize(W, block_size=64, double_quant=True, dq_block_size=256) -> NF4T
     mean = float(np.float32(float(amax.astype(np.float64).mean())))  # summed in float64: scales near float32's max
     sblocks = _blocks(amax - np.float32(mean), dq_block_size, xp)  # [n_scale_blocks, 256]
     _, ssafe = _absmax(sblocks, xp)
-    q.scale_codes = xp.clip(xp.rint(sblocks / ssafe[:, None] * 127.0), -127, 127).astype(np.int8).reshape(-1)
+    # |centred scale| <= its block's absmax, so the quotient lies in [-1, 1] and the code in [-127, 127]
+    q.scale_codes = xp.rint(sblocks / ssafe[:, None] * 127.0).astype(np.int8).ravel()
     q.scale_scales = ssafe.astype(np.float32)
     q.scale_mean = mean
     return q
@@ -227,16 +229,16 @@ def int4_roundtrip(W, block_size=64):
     """
     xp = _check_weight(W)
     block_size = _check_block(block_size, "block_size")
-    blocks = _blocks(W.reshape(-1).astype(np.float32), block_size, xp)
+    blocks = _blocks(W.ravel().astype(np.float32), block_size, xp)
     _, safe = _absmax(blocks, xp)
-    q = xp.clip(xp.rint(blocks / safe[:, None] * 7.0), -7, 7) * (safe[:, None] / 7.0)
-    return q.reshape(-1)[: W.size].reshape(W.shape).astype(W.dtype)
+    q = xp.rint(blocks / safe[:, None] * 7.0) * (safe[:, None] / 7.0)  # levels -7..7: |w| / max|w| <= 1
+    return q.ravel()[: W.size].reshape(W.shape).astype(W.dtype)
 
 
 def relative_mse(W, W_hat) -> float:
     """sum (W - W_hat)^2 / sum W^2, in float64."""
-    a = to_numpy(W).astype(np.float64)
-    b = to_numpy(W_hat).astype(np.float64)
+    a = np.asarray(to_numpy(W), dtype=np.float64)
+    b = np.asarray(to_numpy(W_hat), dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"relative_mse needs equal shapes, got {a.shape} and {b.shape}")
     return float(((a - b) ** 2).sum() / max((a * a).sum(), 1e-300))

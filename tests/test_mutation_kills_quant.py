@@ -164,3 +164,23 @@ def test_a_float64_weight_is_quantized_from_its_float32_values():
     # int4 likewise: float64 in, the float32 computation's values out (as float64)
     W = np.random.default_rng(1).standard_normal(100) * 3.0
     np.testing.assert_array_equal(int4_roundtrip(W), int4_roundtrip(W.astype(np.float32)).astype(np.float64))
+
+
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_dequantize_is_each_code_times_the_scale_of_its_block(double_quant):
+    """w_i ~= NF4[code_i] * scale_k, block by block (the codes unpacked high nibble first)."""
+    W = gaussian(4 * 16 + 5, seed=4).reshape(3, 23)  # 5 blocks of 16, the last padded
+    W[0, :16] *= 10.0  # block scales far apart
+    q = nf4_quantize(W, block_size=16, double_quant=double_quant, dq_block_size=4)
+    codes = np.stack([q.codes >> 4, q.codes & 15], axis=1).ravel()
+    scales = q.block_scales()
+    assert scales.shape == (5,)
+    expected = NF4_CODEBOOK[codes].reshape(5, 16) * scales[:, None]
+    np.testing.assert_array_equal(q.dequantize(), expected.ravel()[: W.size].reshape(3, 23))
+    assert relative_mse(W, q.dequantize()) < 0.02
+
+
+def test_relative_mse_is_computed_in_float64():
+    """float32 weights whose squares overflow float32 still give the exact ratio."""
+    W = np.array([1e20, 2e20], np.float32)
+    assert relative_mse(W, np.array([1e20, 1e20], np.float32)) == pytest.approx(1e40 / (1e40 + 4e40), rel=1e-6)
