@@ -25,6 +25,7 @@ import numpy as np
 
 from .backend import get_array_module, scatter_add, to_numpy
 
+
 def _rows(a):
     """[..., k] -> [N, k]: the leading dimensions flattened into one (a view for a contiguous ``a``)."""
     return a.reshape(-1, a.shape[-1])
@@ -448,8 +449,8 @@ def causal_attention_forward(q, k, v, n_head):
     qh, kh, vh = split(q), split(k), split(v)
     scale = 1.0 / math.sqrt(D)
     att = (qh @ kh.transpose(0, 1, 3, 2)) * scale  # [n, H, T, D] @ [n, H, D, T] -> [n, H, T, T]
-    future = xp.arange(T)[None, :] > xp.arange(T)[:, None]  # [T, T]: key position after query position
-    att[:, :, future] = -xp.inf  # att is a fresh array: masked in place, its dtype kept
+    future = xp.triu(xp.ones((T, T), dtype=bool), k=1)  # True above the diagonal: a key after its query
+    att = xp.where(future, -xp.inf, att).astype(q.dtype, copy=False)  # no boolean-mask write: no device sync
     p, _ = softmax_forward(att)  # [n, H, T, T]; masked entries are exactly 0
     yh = p @ vh  # [n, H, T, T] @ [n, H, T, D] -> [n, H, T, D]
     y = yh.transpose(0, 2, 1, 3).reshape(n, T, C)  # -> [n, T, C]
