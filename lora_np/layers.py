@@ -98,7 +98,7 @@ class Module:
     def freeze(self, recurse=True):
         """Mark every parameter (of this module and, by default, its children) frozen."""
         for _, m in self.named_modules() if recurse else [("", self)]:
-            m.frozen |= set(m.params)
+            m.frozen = set(m.params)
         return self
 
     def unfreeze(self, recurse=True):
@@ -290,7 +290,7 @@ class LoRALinear(Module):
             if key in kwargs:
                 raise TypeError(f"from_linear takes {key} from the wrapped layer; do not pass {key}=")
         return cls(
-            linear.in_features, linear.out_features, r, alpha, bias=linear.b is not None,
+            linear.in_features, linear.out_features, r, alpha,  # W and b (or none) from _base
             dtype=linear.dtype, device=linear.device, _base=(linear.W, linear.b), **kwargs,
         )
 

@@ -62,7 +62,7 @@ def rank(M, tol=None) -> int:
     s = to_numpy(singular_values(M))
     if tol is None:
         dtype = M.dtype if np.issubdtype(M.dtype, np.floating) else np.float64
-        tol = max(M.shape) * np.finfo(dtype).eps * (s[0] if s.size else 0.0)
+        tol = max(M.shape) * np.finfo(dtype).eps * s[0]  # s is not empty: M.size > 0
     return int((s > tol).sum())
 
 

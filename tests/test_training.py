@@ -252,6 +252,11 @@ def test_summary_text():
     assert ln.summary(model).split("\n")[3] == "trainable 5 of 13 parameters (38.46%)"
     assert ln.summary(ln.MLP([3, 2]).freeze()).endswith("trainable 0 of 8 parameters (0.00%)")
     assert ln.summary(ln.Module()).endswith("trainable 0 of 0 parameters (0.00%)")  # no division by zero
+    # the name column is as wide as the longest name, at least "parameter" (9), then two spaces
+    assert ln.summary(model).split("\n")[:2] == ["parameter   shape               count",
+                                                   "layers.0.A  (3, 1)                  3"]
+    assert ln.summary(ln.LoRALinear(3, 2, 1, 1.0, rng=0)).split("\n")[:2] == ["parameter  shape               count",
+                                                                              "A          (3, 1)                  3"]
 
 
 def test_linear_names_and_default_scaling_rule():
