@@ -92,7 +92,7 @@ class Optimizer:
             unknown = set(g) - {"params", "lr", *defaults}
             if unknown:
                 raise ValueError(f"unknown setting(s) {sorted(unknown)} in a parameter group; {type(self).__name__} takes {['lr', *defaults]}")
-            group = {**defaults, "lr": lr, **{k: v for k, v in g.items() if k != "params"}}
+            group = {**defaults, "lr": lr, **g}
             group["lr"] = check_positive_number(group["lr"], "lr")
             self._check_group(group)
             group["params"] = _refs(g["params"])
