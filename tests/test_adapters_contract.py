@@ -20,30 +20,13 @@ import pytest
 import lora_np as ln
 from lora_np import adapters as ad
 
-
-def lora_mlp(sizes=(8, 16, 4), r=2, alpha=4.0, seed=0, **kw):
-    model = ln.MLP(list(sizes), rng=0)
-    ln.inject_lora(model, r, alpha, targets="layers.*", rng=seed, **kw)
-    return model
+from .test_adapters import assert_unchanged as assert_values, lora_mlp, randomize_adapters
+from .test_adapters import snapshot as values
 
 
 def randomize(model, seed=1):
-    rng = np.random.default_rng(seed)
-    for _, m, k in model.named_parameters(trainable_only=True):
-        m.params[k][...] = rng.standard_normal(m.params[k].shape).astype(m.params[k].dtype)
+    randomize_adapters(model, seed)
     return model
-
-
-def values(model):
-    """Every parameter array of the model, copied (base and adapters)."""
-    return {n: m.params[k].copy() for n, m, k in model.named_parameters()}
-
-
-def assert_values(model, before):
-    now = values(model)
-    assert now.keys() == before.keys()
-    for n in before:
-        np.testing.assert_array_equal(now[n], before[n], err_msg=n)
 
 
 def lm_with_embedding_and_linear():

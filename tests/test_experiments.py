@@ -183,39 +183,28 @@ def test_spot_checks_fall_in_the_saved_range(R, name):
 
 
 # --- the saved results ---------------------------------------------------------------------------
-def _tunings(node):
-    """Every dict in the results that records a learning-rate tuning."""
+def _dicts_with(node, key):
+    """Every dict in the results that has ``key`` (a tuning: "lr_grid"; seed statistics: "per_seed")."""
     if isinstance(node, dict):
-        if "lr_grid" in node:
+        if key in node:
             yield node
         for v in node.values():
-            yield from _tunings(v)
+            yield from _dicts_with(v, key)
     elif isinstance(node, list):
         for v in node:
-            yield from _tunings(v)
-
-
-def _all_stats(node):
-    if isinstance(node, dict):
-        if "per_seed" in node:
-            yield node
-        for v in node.values():
-            yield from _all_stats(v)
-    elif isinstance(node, list):
-        for v in node:
-            yield from _all_stats(v)
+            yield from _dicts_with(v, key)
 
 
 def test_saved_results_are_complete_tuned_inside_their_grid_and_over_seeds(R):
     assert set(R) == set(E.FINDINGS)
-    tunings = list(_tunings(R))
+    tunings = list(_dicts_with(R, "lr_grid"))
     assert len(tunings) > 60
     for t in tunings:
         grid = t["lr_grid"]
         assert t["interior"] and grid[0] < t["best_lr"] < grid[-1], t
         assert len(grid) >= 5 and np.allclose(np.diff(np.log2(grid)), np.log2(grid[1] / grid[0]))  # evenly spaced
         assert grid[1] / grid[0] <= 3.0 + 1e-9  # fine enough
-    for st in _all_stats(R):
+    for st in _dicts_with(R, "per_seed"):
         assert len(st["per_seed"]) >= 3
         tol = 1e-12 * max(1.0, abs(st["mean"]))  # the mean of equal values may round one ulp past them
         assert st["min"] - tol <= st["mean"] <= st["max"] + tol and st["mean"] == pytest.approx(np.mean(st["per_seed"]))
